@@ -1,0 +1,104 @@
+"""Argument checks shared by every public entry point: clear messages that say what was expected and what was given."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+import numpy as np
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_probability(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
+
+
+def check_positive_float(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value}")
+    return float(value)
+
+
+def check_nonnegative_float(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r}")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return float(value)
+
+
+def check_dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}") from None
+    if dt.name not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dt.name!r}")
+    return dt
+
+
+def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite: bool = False) -> np.ndarray:
+    """Return ``x`` as a 2-D array of ``dtype`` with ``n_features`` columns, or raise a clear error.
+
+    Integers and booleans are converted; complex, object and string data are refused. With ``finite=True``
+    NaN or Inf is refused too (training needs it; prediction lets NaN propagate, see ``FFF.predict``).
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind in "cOSUVMm":
+        raise TypeError(
+            f"{name} must hold real numbers, got dtype {arr.dtype}"
+            + (" (complex values: pass the real part explicitly)" if arr.dtype.kind == "c" else "")
+        )
+    if arr.ndim != 2:
+        hint = f"; for one sample use {name}.reshape(1, -1)" if arr.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, {n_features}), got shape {arr.shape}{hint}")
+    if arr.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} features, the model was built for input_width={n_features}"
+        )
+    arr = arr.astype(dtype, copy=False)
+    if finite and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); training needs finite inputs")
+    return arr
+
+
+def physical_memory_bytes() -> int | None:
+    """Total physical memory of this machine, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} EiB"  # pragma: no cover
+
+
+def check_fits_in_memory(n_bytes: float, what: str) -> None:
+    """Refuse, before allocating, anything larger than this machine's physical memory."""
+    total = physical_memory_bytes()
+    if total is not None and n_bytes > total:
+        raise MemoryError(
+            f"{what} would need {format_bytes(n_bytes)}, more than this machine's "
+            f"{format_bytes(total)} of memory"
+        )

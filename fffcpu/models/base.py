@@ -1,0 +1,116 @@
+"""What every fffcpu model shares: parameters and gradients as named arrays, input checks, configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_dtype, check_fits_in_memory, check_input, format_bytes
+
+
+class Model:
+    """Base class of the models: ``params`` and ``grads`` are dicts of NumPy arrays with the same keys.
+
+    Subclasses define ``param_shapes()`` (name -> shape, in creation order), ``_init_params(rng)``,
+    ``config()`` (the JSON-able constructor arguments), ``forward``, ``backward`` and ``predict``.
+
+    ``param_blocks`` maps a parameter name to the kind of block its first axis indexes ("node" or "leaf")
+    for the localized optimizers (``fffcpu.optim.Localized``); models without blocks leave it empty.
+    """
+
+    param_blocks: dict = {}
+
+    def __init__(self, input_width: int, output_width: int, dtype, seed):
+        self.input_width = input_width
+        self.output_width = output_width
+        self.dtype = check_dtype(dtype)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        n_bytes = self.n_parameters * self.dtype.itemsize
+        check_fits_in_memory(2 * n_bytes, f"{type(self).__name__} parameters and gradients ({self.n_parameters:,} values)")
+        self.params = self._init_params(self.rng)
+        self._grads = None
+        self._cache = None
+
+    # --- to be defined by subclasses ---------------------------------------------------------
+    def param_shapes(self) -> dict:
+        raise NotImplementedError
+
+    def _init_params(self, rng) -> dict:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        raise NotImplementedError
+
+    # --- shared -------------------------------------------------------------------------------
+    @property
+    def n_parameters(self) -> int:
+        return int(sum(np.prod(shape, dtype=np.int64) for shape in self.param_shapes().values()))
+
+    @property
+    def grads(self) -> dict:
+        """Gradients of the last ``backward``, same keys and shapes as ``params`` (allocated on first use)."""
+        if self._grads is None:
+            self._grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        return self._grads
+
+    def _uniform(self, rng, shape, bound):
+        """U(-bound, bound) drawn directly in the model's dtype (no float64 temporary)."""
+        out = rng.random(shape, dtype=self.dtype)
+        out *= 2 * bound
+        out -= bound
+        return out
+
+    def _check_x(self, x, *, finite: bool = False, name: str = "x"):
+        return check_input(x, self.input_width, self.dtype, name=name, finite=finite)
+
+    def _check_dy(self, dy, n: int):
+        dy = np.asarray(dy)
+        if dy.shape != (n, self.output_width):
+            raise ValueError(
+                f"dy must have the shape of the last forward output ({n}, {self.output_width}), got {dy.shape}"
+            )
+        return dy.astype(self.dtype, copy=False)
+
+    def _require_cache(self):
+        if self._cache is None:
+            raise RuntimeError("backward needs the cache of a forward pass: call forward(x) first")
+        return self._cache
+
+    def set_params(self, params: dict) -> None:
+        """Overwrite every parameter with the given arrays (checked against the expected names and shapes)."""
+        expected = self.param_shapes()
+        missing = sorted(set(expected) - set(params))
+        extra = sorted(set(params) - set(expected))
+        if missing or extra:
+            raise ValueError(f"parameters do not match {type(self).__name__}: missing {missing}, unexpected {extra}")
+        for name, shape in expected.items():
+            value = np.asarray(params[name])
+            if value.shape != tuple(shape):
+                raise ValueError(f"parameter {name!r} must have shape {tuple(shape)}, got {value.shape}")
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"parameter {name!r} must be real numbers, got dtype {value.dtype}")
+        # Copy into the existing arrays, so that optimizers holding references to them stay valid.
+        for name in expected:
+            np.copyto(self.params[name], np.asarray(params[name]), casting="unsafe")
+        self._cache = None
+
+    def zero_grads(self) -> None:
+        for g in self.grads.values():
+            g.fill(0)
+
+    def copy(self):
+        """A deep copy: same configuration and parameters, independent arrays."""
+        clone = type(self)(**self.config())
+        clone.set_params(self.params)
+        return clone
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(p.nbytes for p in self.params.values()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+    def summary(self) -> str:
+        return f"{self!r}: {self.n_parameters:,} parameters, {format_bytes(self.nbytes)}"

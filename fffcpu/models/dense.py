@@ -1,0 +1,98 @@
+"""The dense feedforward layer FF(input, hidden, output), the baseline every FFF is compared with (spec §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._validation import check_positive_int
+from ..functional import get_activation
+from .base import Model
+
+__all__ = ["FF"]
+
+
+class FF(Model):
+    """Dense feedforward network ``y = act(x W1 + b1) W2 + b2``.
+
+    Parameters
+    ----------
+    input_width, hidden_width, output_width : int
+    activation : {"relu", "gelu", "tanh", "sigmoid", "identity"}
+    dtype : {"float32", "float64"}
+    seed : int or None
+
+    Notes
+    -----
+    Parameters ``w1`` (input_width, hidden_width), ``b1`` (hidden_width,), ``w2`` (hidden_width, output_width),
+    ``b2`` (output_width,); initialised as the FFF leaves: w1/b1 ~ U(±1/√input_width),
+    w2/b2 ~ U(±1/√hidden_width). An ``FFF`` of depth 0 computes the same function.
+    """
+
+    def __init__(self, input_width: int, hidden_width: int, output_width: int, *, activation: str = "relu",
+                 dtype="float32", seed=None):
+        input_width = check_positive_int(input_width, "input_width")
+        self.hidden_width = check_positive_int(hidden_width, "hidden_width")
+        output_width = check_positive_int(output_width, "output_width")
+        self.activation = activation
+        self._act, self._act_grad = get_activation(activation)
+        super().__init__(input_width, output_width, dtype, seed)
+
+    @property
+    def training_width(self) -> int:
+        return self.hidden_width
+
+    @property
+    def inference_size(self) -> int:
+        return self.hidden_width
+
+    def param_shapes(self) -> dict:
+        i, h, o = self.input_width, self.hidden_width, self.output_width
+        return {"w1": (i, h), "b1": (h,), "w2": (h, o), "b2": (o,)}
+
+    def _init_params(self, rng) -> dict:
+        bound_in, bound_hidden = 1 / np.sqrt(self.input_width), 1 / np.sqrt(self.hidden_width)
+        bounds = {"w1": bound_in, "b1": bound_in, "w2": bound_hidden, "b2": bound_hidden}
+        return {name: self._uniform(rng, shape, bounds[name]) for name, shape in self.param_shapes().items()}
+
+    def config(self) -> dict:
+        return {
+            "input_width": self.input_width,
+            "hidden_width": self.hidden_width,
+            "output_width": self.output_width,
+            "activation": self.activation,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    def predict(self, x) -> np.ndarray:
+        """``act(x W1 + b1) W2 + b2`` for a batch, shape (n, output_width); keeps no cache."""
+        x = self._check_x(x)
+        p = self.params
+        return self._act(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+
+    predict_soft = predict
+
+    def forward(self, x) -> np.ndarray:
+        """Training forward; keeps what ``backward`` needs. Returns shape (n, output_width)."""
+        x = self._check_x(x)
+        p = self.params
+        pre = x @ p["w1"] + p["b1"]
+        hidden = self._act(pre)
+        self._cache = {"x": x, "pre": pre, "hidden": hidden}
+        return hidden @ p["w2"] + p["b2"]
+
+    def hardening_loss(self) -> float:
+        """A dense layer makes no decisions: always 0 (so the training loop treats every model alike)."""
+        return 0.0
+
+    def backward(self, dy, *, hardening: float = 0.0, input_grad: bool = True):
+        """Hand-written backprop; fills ``grads`` and returns ∂L/∂x (n, input_width) or None."""
+        c = self._require_cache()
+        g = self._check_dy(dy, len(c["x"]))
+        p, grads = self.params, self.grads
+        grads["b2"][...] = g.sum(axis=0)
+        grads["w2"][...] = c["hidden"].T @ g
+        d_pre = (g @ p["w2"].T) * self._act_grad(c["pre"])
+        grads["w1"][...] = c["x"].T @ d_pre
+        grads["b1"][...] = d_pre.sum(axis=0)
+        return d_pre @ p["w1"].T if input_grad else None

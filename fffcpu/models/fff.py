@@ -1,0 +1,428 @@
+"""The fast feedforward network (FFF) of Belcak & Wattenhofer, arXiv 2308.14711, in NumPy.
+
+Training evaluates every leaf and mixes them with the soft routing probabilities (§2, "soft" FFF); inference
+walks one root-to-leaf path and evaluates one leaf (§2, "hard" FFF), so it costs O(depth + leaf_width)
+neurons instead of O(2**depth * leaf_width). The backward pass is written by hand (spec §1).
+
+Array names follow the ``fastfeedforward`` PyTorch package (spec §1), so weights move between the two:
+
+============== ======================= ==========================================
+name           shape                   role
+============== ======================= ==========================================
+node_weights   (2**d - 1, input_width) one hyperplane per inner node
+node_biases    (2**d - 1,)             its offset (the torch package stores (n, 1))
+w1s            (2**d, input_width, ℓ)  leaf hidden layer
+b1s            (2**d, ℓ)
+w2s            (2**d, ℓ, output_width) leaf output layer
+b2s            (2**d, output_width)
+============== ======================= ==========================================
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import tree
+from .._validation import check_fits_in_memory, check_positive_int, check_probability, format_bytes
+from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
+from .base import Model
+
+__all__ = ["FFF"]
+
+_USAGE_KEYS = ("node_soft", "node_hard", "leaf_soft", "leaf_hard")
+
+
+class FFF(Model):
+    """Fast feedforward network: a binary tree of routing hyperplanes with a small MLP in every leaf.
+
+    Parameters
+    ----------
+    input_width, leaf_width, output_width : int
+        Widths of the input, of each leaf's hidden layer (ℓ), and of the output.
+    depth : int
+        Depth d >= 0 of the tree: 2**d - 1 routing nodes and 2**d leaves. ``depth=0`` is a plain
+        feedforward layer of width ``leaf_width``.
+    activation : {"relu", "gelu", "tanh", "sigmoid", "identity"}
+        Activation of the leaf hidden layers.
+    region_leak : float in [0, 1]
+        Training only (§3.3): per sample and per node, with this probability the two children swap their
+        mixture weights (p becomes 1 - p). Drawn from the model's seeded generator.
+    train_hardened : bool
+        If True the training forward routes hard, exactly as ``predict`` (logit >= 0 goes right), as the
+        paper's hard training. Node weights then receive gradient only from the hardening term, unless
+        ``straight_through`` is set.
+    straight_through : bool
+        With ``train_hardened=True``: the backward pass treats each hard decision as if it were
+        p = σ(z) (straight-through estimator), so node weights keep learning from the prediction loss.
+        (The PyTorch package rounds p and gives node weights no gradient at all.)
+    dtype : {"float32", "float64"}
+    seed : int or None
+        Seeds the initialisation and the region-leak draws.
+
+    Notes
+    -----
+    Decision rule (spec §1): ``p_i = σ(w_i·x + b_i)`` weights the *right* child (2i + 2); a hard decision
+    goes right iff the logit is >= 0. The mixture weight of a leaf is the product of the decisions on its
+    path; the soft output is ``y = Σ_leaf c_leaf (act(x W1 + b1) W2 + b2)``.
+
+    Initialisation as the PyTorch package: node weights/biases and w1s/b1s ~ U(±1/√input_width),
+    w2s/b2s ~ U(±1/√leaf_width).
+    """
+
+    param_blocks = {
+        "node_weights": "node",
+        "node_biases": "node",
+        "w1s": "leaf",
+        "b1s": "leaf",
+        "w2s": "leaf",
+        "b2s": "leaf",
+    }
+
+    def __init__(
+        self,
+        input_width: int,
+        leaf_width: int,
+        output_width: int,
+        depth: int,
+        *,
+        activation: str = "relu",
+        region_leak: float = 0.0,
+        train_hardened: bool = False,
+        straight_through: bool = False,
+        dtype="float32",
+        seed=None,
+    ):
+        input_width = check_positive_int(input_width, "input_width")
+        self.leaf_width = check_positive_int(leaf_width, "leaf_width")
+        output_width = check_positive_int(output_width, "output_width")
+        self.depth = check_positive_int(depth, "depth", minimum=0)
+        if self.depth > 40:
+            raise ValueError(
+                f"depth={depth} would need 2**{depth} leaves; an FFF of that depth cannot be stored (use depth <= 40)"
+            )
+        self.activation = activation
+        self._act, self._act_grad = get_activation(activation)
+        self.region_leak = check_probability(region_leak, "region_leak")
+        if not isinstance(train_hardened, (bool, np.bool_)):
+            raise TypeError(f"train_hardened must be True or False, got {train_hardened!r}")
+        if straight_through and not train_hardened:
+            raise ValueError("straight_through=True only applies to hard training: also pass train_hardened=True")
+        self.train_hardened = bool(train_hardened)
+        self.straight_through = bool(straight_through)
+        super().__init__(input_width, output_width, dtype, seed)
+        self.leak_rng = np.random.default_rng(self.rng.integers(2**63))
+        self.reset_usage()
+
+    # --- structure ----------------------------------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        return tree.n_nodes(self.depth)
+
+    @property
+    def n_leaves(self) -> int:
+        return tree.n_leaves(self.depth)
+
+    @property
+    def training_width(self) -> int:
+        return tree.training_width(self.depth, self.leaf_width)
+
+    @property
+    def inference_size(self) -> int:
+        return tree.inference_size(self.depth, self.leaf_width)
+
+    def param_shapes(self) -> dict:
+        nn, nl, i, h, o = self.n_nodes, self.n_leaves, self.input_width, self.leaf_width, self.output_width
+        return {
+            "node_weights": (nn, i),
+            "node_biases": (nn,),
+            "w1s": (nl, i, h),
+            "b1s": (nl, h),
+            "w2s": (nl, h, o),
+            "b2s": (nl, o),
+        }
+
+    def _init_params(self, rng) -> dict:
+        shapes = self.param_shapes()
+        bound_in, bound_leaf = 1 / np.sqrt(self.input_width), 1 / np.sqrt(self.leaf_width)
+        bounds = {"node_weights": bound_in, "node_biases": bound_in, "w1s": bound_in, "b1s": bound_in,
+                  "w2s": bound_leaf, "b2s": bound_leaf}
+        return {name: self._uniform(rng, shape, bounds[name]) for name, shape in shapes.items()}
+
+    def config(self) -> dict:
+        return {
+            "input_width": self.input_width,
+            "leaf_width": self.leaf_width,
+            "output_width": self.output_width,
+            "depth": self.depth,
+            "activation": self.activation,
+            "region_leak": self.region_leak,
+            "train_hardened": self.train_hardened,
+            "straight_through": self.straight_through,
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+        }
+
+    # --- usage --------------------------------------------------------------------------------
+    def reset_usage(self) -> None:
+        """Zero the cumulative usage counters (``usage``) and the last batch's (``batch_usage``)."""
+        self.usage = {
+            "node_soft": np.zeros(self.n_nodes), "node_hard": np.zeros(self.n_nodes),
+            "leaf_soft": np.zeros(self.n_leaves), "leaf_hard": np.zeros(self.n_leaves),
+        }
+        self.batch_usage = {key: np.zeros_like(value) for key, value in self.usage.items()}
+
+    def block_usage(self, counts: str = "soft") -> dict:
+        """Samples of the last training batch that reached each node and leaf, for ``Localized`` optimizers.
+
+        Returns ``{"node": (2**d - 1,), "leaf": (2**d,)}``; ``counts="soft"`` sums reach probabilities,
+        ``"hard"`` counts the samples whose hard path (after region leak) passes there.
+        """
+        if counts not in ("soft", "hard"):
+            raise ValueError(f"counts must be 'soft' or 'hard', got {counts!r}")
+        return {"node": self.batch_usage[f"node_{counts}"], "leaf": self.batch_usage[f"leaf_{counts}"]}
+
+    # --- hard inference (the readable NumPy reference; spec §1) -----------------------------
+    def _route(self, x: np.ndarray) -> np.ndarray:
+        """Walk each sample from the root: go right iff ``w_node·x + b_node >= 0``. Returns leaf ids (int64)."""
+        w, b = self.params["node_weights"], self.params["node_biases"]
+        node = np.zeros(len(x), dtype=np.int64)
+        for _ in range(self.depth):
+            logit = np.einsum("bi,bi->b", x, w[node]) + b[node]
+            node = 2 * node + 1 + (logit >= 0)
+        return node - self.n_nodes
+
+    def _hard_outputs(self, x: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+        """Output of leaf ``leaves[b]`` for each sample b, b2 included; samples are grouped by leaf."""
+        w1s, b1s, w2s, b2s = (self.params[k] for k in ("w1s", "b1s", "w2s", "b2s"))
+        y = np.empty((len(x), self.output_width), dtype=self.dtype)
+        order = np.argsort(leaves, kind="stable")
+        used, starts = np.unique(leaves[order], return_index=True)
+        for leaf, rows in zip(used, np.split(order, starts[1:])):
+            hidden = self._act(x[rows] @ w1s[leaf] + b1s[leaf])
+            y[rows] = hidden @ w2s[leaf] + b2s[leaf]
+        return y
+
+    def route(self, x) -> np.ndarray:
+        """Leaf reached by each sample under hard routing.
+
+        Parameters
+        ----------
+        x : array-like, shape (n, input_width)
+
+        Returns
+        -------
+        ndarray of int64, shape (n,), values in [0, 2**depth)
+        """
+        return self._route(self._check_x(x))
+
+    def predict(self, x) -> np.ndarray:
+        """Hard inference (§2): route each sample to one leaf and evaluate that leaf only, b2 included.
+
+        NaN in ``x`` is not checked (it costs a pass over the data): a NaN logit compares false with 0,
+        so the sample goes left, and its output is NaN.
+
+        Parameters
+        ----------
+        x : array-like, shape (n, input_width)
+
+        Returns
+        -------
+        ndarray, shape (n, output_width), the model's dtype
+        """
+        x = self._check_x(x)
+        return self._hard_outputs(x, self._route(x))
+
+    def predict_soft(self, x, *, chunk_size: int = 4096) -> np.ndarray:
+        """The soft (training) mixture over all leaves, without region leak and without caching.
+
+        Returns
+        -------
+        ndarray, shape (n, output_width)
+        """
+        x = self._check_x(x)
+        out = np.empty((len(x), self.output_width), dtype=self.dtype)
+        for start in range(0, len(x), chunk_size):
+            cache = self._soft_forward(x[start:start + chunk_size], flips=None, hard=False)
+            out[start:start + chunk_size] = cache["y"]
+        return out
+
+    # --- training forward and backward -------------------------------------------------------
+    def forward(self, x, *, flips=None) -> np.ndarray:
+        """Training forward: the mixture over all leaves (hard mixture if ``train_hardened``).
+
+        Keeps what ``backward`` needs and updates the usage counters.
+
+        Parameters
+        ----------
+        x : array-like, shape (n, input_width)
+        flips : ndarray of bool, shape (n, 2**depth - 1), optional
+            Region-leak transpositions to apply (True swaps the node's children for that sample).
+            By default they are drawn with probability ``region_leak`` from ``leak_rng``.
+
+        Returns
+        -------
+        ndarray, shape (n, output_width)
+        """
+        x = self._check_x(x)
+        n = len(x)
+        per_sample = 3 * self.training_width + 4 * self.n_nodes + 2 * self.n_leaves + self.output_width
+        check_fits_in_memory(n * per_sample * self.dtype.itemsize, f"a training forward of {n} samples")
+        if flips is None and self.region_leak > 0 and self.n_nodes > 0:
+            flips = self.leak_rng.random((n, self.n_nodes)) < self.region_leak
+        elif flips is not None:
+            flips = np.asarray(flips, dtype=bool)
+            if flips.shape != (n, self.n_nodes):
+                raise ValueError(f"flips must have shape ({n}, {self.n_nodes}), got {flips.shape}")
+        self._cache = self._soft_forward(x, flips=flips, hard=self.train_hardened)
+        self._count_usage(self._cache)
+        return self._cache["y"]
+
+    def _soft_forward(self, x, *, flips, hard: bool) -> dict:
+        p = self.params
+        n, d, width = len(x), self.depth, self.leaf_width
+        logits = x @ p["node_weights"].T + p["node_biases"]  # (n, n_nodes)
+        if hard:
+            decisions = logits >= 0
+            if flips is not None:
+                decisions ^= flips
+            right = decisions.astype(self.dtype)  # the "probability" of going right is 0 or 1
+        else:
+            right = sigmoid(logits)
+            if flips is not None:
+                right = np.where(flips, 1 - right, right)
+
+        # Reach probability of every node, level by level, then the mixture weight of every leaf.
+        reach_levels = [np.ones((n, 1), dtype=self.dtype)]
+        for level in range(d):
+            r, q = reach_levels[-1], right[:, tree.level_slice(level)]
+            reach_levels.append(np.stack([r * (1 - q), r * q], axis=2).reshape(n, 2 << level))
+        mixture = reach_levels[-1]  # (n, n_leaves)
+
+        # All leaves at once: one GEMM for the hidden layers, one for the mixed output layers.
+        w1_flat = p["w1s"].transpose(1, 0, 2).reshape(self.input_width, self.training_width)
+        pre = x @ w1_flat + p["b1s"].reshape(-1)  # (n, n_leaves * ℓ)
+        hidden = self._act(pre)
+        mixture_per_neuron = np.repeat(mixture, width, axis=1)  # (n, n_leaves * ℓ)
+        mixed_hidden = hidden * mixture_per_neuron
+        y = mixed_hidden @ p["w2s"].reshape(self.training_width, self.output_width) + mixture @ p["b2s"]
+        if hard:
+            # The same leaf evaluation as predict, so hard training forward and hard inference agree exactly.
+            leaves = self._leaves_from_decisions(right > 0)
+            y = self._hard_outputs(x, leaves)
+        return {
+            "x": x, "logits": logits, "right": right, "flips": flips, "reach_levels": reach_levels,
+            "w1_flat": w1_flat, "pre": pre, "hidden": hidden, "mixture_per_neuron": mixture_per_neuron,
+            "mixed_hidden": mixed_hidden, "y": y,
+        }
+
+    def _leaves_from_decisions(self, decisions: np.ndarray) -> np.ndarray:
+        """Leaf ids from per-node hard decisions (n, n_nodes), following each sample's own path."""
+        n = len(decisions)
+        node = np.zeros(n, dtype=np.int64)
+        rows = np.arange(n)
+        for _ in range(self.depth):
+            node = 2 * node + 1 + decisions[rows, node]
+        return node - self.n_nodes
+
+    def _count_usage(self, cache: dict) -> None:
+        nodes = self.n_nodes
+        reach = np.concatenate(cache["reach_levels"], axis=1)  # (n, 2**(d+1) - 1): every node, then leaves
+        self.batch_usage["node_soft"] = reach[:, :nodes].sum(axis=0, dtype=np.float64)
+        self.batch_usage["leaf_soft"] = reach[:, nodes:].sum(axis=0, dtype=np.float64)
+        decisions = cache["logits"] >= 0
+        if cache["flips"] is not None:
+            decisions ^= cache["flips"]
+        leaves = self._leaves_from_decisions(decisions)
+        leaf_hard = np.bincount(leaves, minlength=self.n_leaves).astype(np.float64)
+        # A node's hard count is the sum of the hard counts of the leaves below it.
+        node_hard = np.zeros(nodes)
+        level_counts = leaf_hard
+        for level in reversed(range(self.depth)):
+            level_counts = level_counts[0::2] + level_counts[1::2]
+            node_hard[tree.level_slice(level)] = level_counts
+        self.batch_usage["leaf_hard"], self.batch_usage["node_hard"] = leaf_hard, node_hard
+        for key in _USAGE_KEYS:
+            self.usage[key] += self.batch_usage[key]
+
+    def hardening_loss(self) -> float:
+        """Mean Bernoulli entropy (natural log) of the node decisions of the last ``forward`` (§3.2).
+
+        The mean runs over the batch and the nodes, as the PyTorch package; the paper sums instead, so
+        ``paper_sum = n_samples * n_nodes * hardening_loss()`` and a paper weight h_paper corresponds to
+        ``hardening = h_paper * n_samples * n_nodes`` here. Zero for depth 0.
+        """
+        logits = self._require_cache()["logits"]
+        if logits.size == 0:
+            return 0.0
+        return float(bernoulli_entropy(logits).mean(dtype=np.float64))
+
+    def backward(self, dy, *, hardening: float = 0.0, input_grad: bool = True):
+        """Hand-written backprop of the last ``forward`` (spec §1), filling ``grads``.
+
+        Parameters
+        ----------
+        dy : array-like, shape (n, output_width)
+            ∂L/∂y for the output of the last forward.
+        hardening : float
+            Weight h of the hardening term: the gradient of ``h * hardening_loss()`` is added.
+        input_grad : bool
+            Whether to compute ∂L/∂x (skip it for a first layer: it costs a GEMM).
+
+        Returns
+        -------
+        ndarray, shape (n, input_width), or None when ``input_grad=False``
+        """
+        c = self._require_cache()
+        x, p, g = c["x"], self.params, self._check_dy(dy, len(c["x"]))
+        n, width, grads = len(x), self.leaf_width, self.grads
+        w2_flat = p["w2s"].reshape(self.training_width, self.output_width)
+        mixture = c["reach_levels"][-1]
+
+        # Leaves: each leaf MLP sees the upstream gradient c_leaf * g.
+        grads["b2s"][...] = mixture.T @ g
+        grads["w2s"][...] = (c["mixed_hidden"].T @ g).reshape(grads["w2s"].shape)
+        d_mixed = g @ w2_flat.T  # ∂L/∂(c·hidden), (n, n_leaves * ℓ)
+        d_pre = d_mixed * c["mixture_per_neuron"] * self._act_grad(c["pre"])
+        w1_grad = (x.T @ d_pre).reshape(self.input_width, self.n_leaves, width)
+        grads["w1s"][...] = w1_grad.transpose(1, 0, 2)
+        grads["b1s"][...] = d_pre.sum(axis=0).reshape(self.n_leaves, width)
+        dx = d_pre @ c["w1_flat"].T if input_grad else None
+
+        if self.depth == 0:
+            return dx
+        # Nodes: V(leaf) = g·y_leaf; V(i) = p_i V(right) + (1 - p_i) V(left);
+        # ∂L/∂p_i = r_i (V(right) - V(left)), with r_i the reach probability of node i.
+        value = (c["hidden"] * d_mixed).reshape(n, self.n_leaves, width).sum(axis=2) + g @ p["b2s"].T
+        d_right = np.empty((n, self.n_nodes), dtype=self.dtype)
+        for level in reversed(range(self.depth)):
+            left, right_value = value[:, 0::2], value[:, 1::2]
+            q = c["right"][:, tree.level_slice(level)]
+            d_right[:, tree.level_slice(level)] = c["reach_levels"][level] * (right_value - left)
+            value = q * right_value + (1 - q) * left
+        d_logits = d_right * self._decision_grad(c)
+        if hardening:
+            d_logits += (hardening / d_logits.size) * bernoulli_entropy_grad(c["logits"])
+        grads["node_weights"][...] = d_logits.T @ x
+        grads["node_biases"][...] = d_logits.sum(axis=0)
+        if input_grad:
+            dx += d_logits @ p["node_weights"]
+        return dx
+
+    def _decision_grad(self, c: dict) -> np.ndarray:
+        """∂(right-child weight)/∂logit: σ'(z), negated where region leak swapped the children.
+
+        Zero under plain hard training; σ'(z) under the straight-through estimator.
+        """
+        if self.train_hardened and not self.straight_through:
+            return np.zeros_like(c["logits"])
+        s = sigmoid(c["logits"])
+        grad = s * (1 - s)
+        if c["flips"] is not None:
+            grad = np.where(c["flips"], -grad, grad)
+        return grad
+
+    def summary(self) -> str:
+        return (
+            f"{super().summary()}; training width {self.training_width:,}, "
+            f"inference size {self.inference_size} neurons ({format_bytes(self.nbytes)} of weights)"
+        )

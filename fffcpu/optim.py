@@ -1,0 +1,220 @@
+"""Optimizers that update a dict of NumPy arrays in place: SGD, Adam, and their localized forms.
+
+Every optimizer can update a subset of the rows (first axis) of each parameter and leave the others, *and
+their optimizer state*, untouched. ``Localized`` uses this for the localized optimisation of
+arXiv 2308.14711 §3.3: the parameters of a node or leaf (one row of ``node_weights``, ``w1s``, ...) are
+updated only once the samples that reached that block add up to ``local_batch_size``, with the mean
+gradient over those samples. (The PyTorch package's LocalSGD/LocalAdam decay the moments of blocks they
+do not update and lag momentum by a step; see the spec §4.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import check_nonnegative_float, check_positive_float, check_probability
+
+__all__ = ["Optimizer", "SGD", "Adam", "Localized", "LocalSGD", "LocalAdam", "make_optimizer"]
+
+
+class Optimizer:
+    """Base class: holds references to the parameter arrays (updated in place) and the learning rate."""
+
+    def __init__(self, params: dict, lr: float, weight_decay: float = 0.0):
+        if not isinstance(params, dict) or not params:
+            raise TypeError("params must be a non-empty dict of arrays (e.g. model.params)")
+        self.params = params
+        self.lr = check_positive_float(lr, "lr")
+        self.weight_decay = check_nonnegative_float(weight_decay, "weight_decay")
+
+    def step(self, grads: dict, rows: dict | None = None) -> None:
+        """Apply one update.
+
+        Parameters
+        ----------
+        grads : dict of arrays, same keys and shapes as ``params``
+        rows : dict of bool arrays, optional
+            ``rows[name]`` (shape ``(params[name].shape[0],)``) selects the rows of that parameter to update;
+            the other rows and their optimizer state stay as they are. Missing names update fully.
+        """
+        for name, param in self.params.items():
+            mask = None if rows is None else rows.get(name)
+            grad = grads[name]
+            if mask is None:
+                self._update(name, param, grad, slice(None))
+            else:
+                index = np.flatnonzero(mask)
+                if index.size:
+                    self._update(name, param, grad[index], index)
+
+    def _update(self, name, param, grad, index):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum and L2 weight decay (PyTorch's convention).
+
+    ``v ← momentum·v + (g + weight_decay·θ)``; ``θ ← θ - lr·v``  (plain SGD when momentum = 0).
+    """
+
+    def __init__(self, params: dict, lr: float = 0.01, *, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        self.momentum = check_probability(momentum, "momentum")
+        self.velocity = {name: np.zeros_like(p) for name, p in params.items()} if self.momentum else None
+
+    def _update(self, name, param, grad, index):
+        step = grad + self.weight_decay * param[index] if self.weight_decay else grad
+        if self.momentum:
+            v = self.momentum * self.velocity[name][index] + step
+            self.velocity[name][index] = v
+            step = v
+        param[index] -= (self.lr * step).astype(param.dtype, copy=False)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction and L2 weight decay (PyTorch's ``Adam``).
+
+    The step count is kept per row, so rows that are not updated do not advance their bias correction.
+    """
+
+    def __init__(self, params: dict, lr: float = 1e-3, *, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr, weight_decay)
+        self.beta1, self.beta2 = (check_probability(b, "betas") for b in betas)
+        self.eps = check_positive_float(eps, "eps")
+        self.m = {name: np.zeros_like(p) for name, p in params.items()}
+        self.v = {name: np.zeros_like(p) for name, p in params.items()}
+        self.t = {name: np.zeros(p.shape[:1], dtype=np.int64) for name, p in params.items()}
+
+    def _update(self, name, param, grad, index):
+        if self.weight_decay:
+            grad = grad + self.weight_decay * param[index]
+        m = self.beta1 * self.m[name][index] + (1 - self.beta1) * grad
+        v = self.beta2 * self.v[name][index] + (1 - self.beta2) * grad * grad
+        self.m[name][index], self.v[name][index] = m, v
+        t = self.t[name][index] + 1
+        self.t[name][index] = t
+        shape = (-1,) + (1,) * (param.ndim - 1)
+        c1 = (1 - self.beta1 ** t.astype(np.float64)).reshape(shape)
+        c2 = (1 - self.beta2 ** t.astype(np.float64)).reshape(shape)
+        param[index] -= (self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(param.dtype, copy=False)
+
+
+class Localized:
+    """Usage-gated updates of node and leaf blocks (arXiv 2308.14711 §3.3, "localized optimisation").
+
+    Parameters
+    ----------
+    optimizer : Optimizer
+        The optimizer that applies the updates (its state is kept per row, so untouched blocks keep theirs).
+    blocks : dict
+        Parameter name -> block kind ("node" or "leaf"): the kind indexed by the parameter's first axis
+        (``model.param_blocks``). Parameters not named here are updated at every step.
+    local_batch_size : float
+        A block is updated once the samples that reached it since its last update add up to this.
+    counts : {"soft", "hard"}
+        Which usage counts to gate on (``FFF.block_usage``): summed reach probabilities or hard paths.
+
+    Notes
+    -----
+    ``step(grads, usage, n_samples)`` takes batch-mean gradients. Per block it accumulates
+    ``n_samples · grad`` (the sum over samples of their contributions) and the usage; a block whose usage
+    reaches ``local_batch_size`` is updated with ``accumulated / usage``, the mean contribution of the
+    samples that reached it, and its accumulators restart from zero. With constant batches of size B
+    this is the spec's "accumulated gradient rescaled by B / usage".
+    """
+
+    def __init__(self, optimizer: Optimizer, blocks: dict, *, local_batch_size: float, counts: str = "soft"):
+        self.optimizer = optimizer
+        self.local_batch_size = check_positive_float(local_batch_size, "local_batch_size")
+        if counts not in ("soft", "hard"):
+            raise ValueError(f"counts must be 'soft' or 'hard', got {counts!r}")
+        self.counts = counts
+        self.blocks = {name: kind for name, kind in blocks.items() if name in optimizer.params}
+        if not self.blocks:
+            raise ValueError("a localized optimizer needs a model with node/leaf blocks (model.param_blocks)")
+        params = optimizer.params
+        self.accumulated = {name: np.zeros(params[name].shape, dtype=np.float64) for name in self.blocks}
+        self.pending = {}
+        for name, kind in self.blocks.items():
+            n = params[name].shape[0]
+            if self.pending.setdefault(kind, np.zeros(n)).shape[0] != n:
+                raise ValueError(f"parameters of block kind {kind!r} disagree on the number of blocks")
+
+    @property
+    def params(self):
+        return self.optimizer.params
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, value):
+        self.optimizer.lr = check_positive_float(value, "lr")
+
+    def step(self, grads: dict, usage: dict, n_samples: int) -> dict:
+        """Accumulate this batch and update the blocks that are due.
+
+        Parameters
+        ----------
+        grads : dict of arrays
+            Batch-mean gradients (``model.grads``).
+        usage : dict
+            Block kind -> samples of this batch that reached each block (``model.block_usage(counts)``).
+        n_samples : int
+            Size of the batch the gradients are a mean over.
+
+        Returns
+        -------
+        dict
+            Block kind -> bool array of the blocks updated in this step.
+        """
+        for kind, pending in self.pending.items():
+            pending += usage[kind]
+        due = {kind: pending >= self.local_batch_size for kind, pending in self.pending.items()}
+        step_grads, rows = dict(grads), {}
+        for name, kind in self.blocks.items():
+            acc = self.accumulated[name]
+            acc += n_samples * grads[name]
+            shape = (-1,) + (1,) * (acc.ndim - 1)
+            mean = acc / np.maximum(self.pending[kind], 1e-300).reshape(shape)
+            step_grads[name] = mean.astype(grads[name].dtype, copy=False)
+            rows[name] = due[kind]
+            acc[due[kind]] = 0
+        self.optimizer.step(step_grads, rows)
+        for kind, pending in self.pending.items():
+            pending[due[kind]] = 0
+        return due
+
+
+def LocalSGD(params: dict, blocks: dict, lr: float = 0.01, *, local_batch_size: float, counts: str = "soft",
+             momentum: float = 0.0, weight_decay: float = 0.0) -> Localized:
+    """Localized SGD: ``Localized(SGD(params, ...), blocks, ...)``."""
+    return Localized(SGD(params, lr, momentum=momentum, weight_decay=weight_decay), blocks,
+                     local_batch_size=local_batch_size, counts=counts)
+
+
+def LocalAdam(params: dict, blocks: dict, lr: float = 1e-3, *, local_batch_size: float, counts: str = "soft",
+              betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> Localized:
+    """Localized Adam: ``Localized(Adam(params, ...), blocks, ...)``."""
+    return Localized(Adam(params, lr, betas=betas, eps=eps, weight_decay=weight_decay), blocks,
+                     local_batch_size=local_batch_size, counts=counts)
+
+
+_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def make_optimizer(name: str, model, lr: float, *, local_batch_size: float | None = None,
+                   counts: str = "soft", **options):
+    """Build an optimizer by name for ``model``: "sgd", "adam", "local_sgd" or "local_adam"."""
+    base = name[len("local_"):] if isinstance(name, str) and name.startswith("local_") else name
+    if base not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS) + ['local_adam', 'local_sgd']} "
+                         f"or an Optimizer instance, got {name!r}")
+    optimizer = _OPTIMIZERS[base](model.params, lr, **options)
+    if base == name:
+        return optimizer
+    if local_batch_size is None:
+        raise ValueError(f"optimizer={name!r} needs local_batch_size (e.g. the batch size)")
+    return Localized(optimizer, model.param_blocks, local_batch_size=local_batch_size, counts=counts)

@@ -1,0 +1,239 @@
+"""The training loop: minibatches, the hardening term, optimizers, history and a progress bar."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ._validation import check_input, check_nonnegative_float, check_positive_float, check_positive_int
+from .functional import get_loss
+from .optim import Localized, Optimizer, make_optimizer
+
+__all__ = ["train", "History", "TrainingDiverged", "check_targets", "accuracy"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or a gradient became NaN or Inf; the model holds the last weights that gave a finite loss."""
+
+    def __init__(self, message: str, history: "History"):
+        super().__init__(message)
+        self.history = history
+
+
+class History(dict):
+    """Per-epoch metrics: ``history["loss"][epoch]``; ``history.epochs`` counts the completed epochs.
+
+    Keys: ``loss`` (mean prediction loss over the epoch's batches), ``entropy`` (mean node entropy, the
+    hardening term), ``objective`` (loss + hardening · entropy), ``seconds``; for classification
+    ``train_acc_soft``, ``train_acc_hard`` and with validation ``val_loss``, ``val_acc_soft``, ``val_acc_hard``;
+    for regression ``train_mse_soft``/``_hard`` and ``val_mse_soft``/``_hard``.
+    """
+
+    @property
+    def epochs(self) -> int:
+        return len(self.get("loss", []))
+
+    def append(self, **metrics) -> None:
+        for key, value in metrics.items():
+            self.setdefault(key, []).append(value)
+
+    def last(self) -> dict:
+        return {key: values[-1] for key, values in self.items() if values}
+
+    def table(self) -> str:
+        """The history as a plain-text table, one row per epoch."""
+        keys = list(self)
+        rows = [" ".join(f"{k:>14}" for k in ["epoch"] + keys)]
+        for e in range(self.epochs):
+            rows.append(" ".join([f"{e + 1:>14}"] + [f"{self[k][e]:>14.4f}" for k in keys]))
+        return "\n".join(rows)
+
+
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of rows whose largest output is the label."""
+    return float(np.mean(np.argmax(outputs, axis=1) == labels)) if len(labels) else float("nan")
+
+
+def check_targets(y, n_samples: int, loss: str, output_width: int, dtype, *, name: str = "y") -> np.ndarray:
+    """Validate targets: class labels in [0, output_width) for cross-entropy, finite values for MSE."""
+    arr = np.asarray(y)
+    if arr.dtype.kind in "cOSUVMm":
+        raise TypeError(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if loss == "cross_entropy":
+        if arr.ndim != 1 or len(arr) != n_samples:
+            raise ValueError(f"{name} must be 1-D class labels of length {n_samples}, got shape {arr.shape}")
+        if arr.dtype.kind == "f":
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name} contains NaN or Inf; class labels must be integers")
+            if not np.array_equal(arr, np.round(arr)):
+                raise ValueError(f"{name} must be integer class labels, got non-integer values (regression? use loss='mse')")
+        arr = arr.astype(np.int64)
+        if n_samples and (arr.min() < 0 or arr.max() >= output_width):
+            raise ValueError(
+                f"{name} has labels in [{arr.min()}, {arr.max()}], the model has output_width={output_width} "
+                f"classes: labels must be in [0, {output_width - 1}]"
+            )
+        return arr
+    if arr.ndim == 1 and output_width == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.shape != (n_samples, output_width):
+        raise ValueError(f"{name} must have shape ({n_samples}, {output_width}) for loss='mse', got {arr.shape}")
+    arr = arr.astype(dtype, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or Inf; training needs finite targets")
+    return arr
+
+
+def _evaluate(model, X, y, loss: str, prefix: str) -> dict:
+    soft, hard = model.predict_soft(X), model.predict(X)
+    if loss == "cross_entropy":
+        return {f"{prefix}_acc_soft": accuracy(soft, y), f"{prefix}_acc_hard": accuracy(hard, y)}
+    loss_fn, _ = get_loss(loss)
+    return {f"{prefix}_mse_soft": 2 * loss_fn(soft, y) / model.output_width,
+            f"{prefix}_mse_hard": 2 * loss_fn(hard, y) / model.output_width}
+
+
+def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: float = 1e-3, epochs: int = 10,
+          batch_size: int = 256, hardening: float = 0.0, validation=None, seed=None, progress: bool = True,
+          local_batch_size: float | None = None, usage_counts: str = "soft", callback=None,
+          **optimizer_options) -> History:
+    """Train ``model`` (FFF, FF or any model with forward/backward/params/grads) on ``(X, y)``.
+
+    Parameters
+    ----------
+    model : FFF, FF, ...
+    X : array-like, shape (n, input_width)
+    y : array-like
+        Class labels (n,) for ``loss="cross_entropy"``; targets (n, output_width) for ``loss="mse"``.
+    loss : {"cross_entropy", "mse"}
+    optimizer : {"adam", "sgd", "local_adam", "local_sgd"} or an optimizer built on ``model.params``
+    lr : float
+    epochs, batch_size : int
+    hardening : float
+        Weight h of the hardening term: the objective is ``loss + h · mean node entropy``
+        (see ``FFF.hardening_loss`` for the relation to the paper's sum).
+    validation : (X_val, y_val), optional
+    seed : int, optional
+        Seeds the shuffling of the minibatches.
+    progress : bool
+        Show a tqdm progress bar (``tqdm.auto``, so it renders in notebooks).
+    local_batch_size, usage_counts
+        For the localized optimizers: the usage a block must accumulate before it is updated, and
+        whether usage counts soft reach probabilities or hard paths.
+    callback : callable(epoch, history, model), optional
+        Called after every epoch (e.g. to keep snapshots of the weights).
+    **optimizer_options
+        Passed to the optimizer (``momentum``, ``weight_decay``, ``betas``, ``eps``).
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    TrainingDiverged
+        When the loss or a gradient is not finite. The model keeps the last weights whose loss was
+        finite, and the exception carries the history so far.
+    """
+    loss_fn, loss_grad = get_loss(loss)
+    X = check_input(X, model.input_width, model.dtype, name="X", finite=True)
+    if len(X) == 0:
+        raise ValueError("the training set is empty: X has 0 samples")
+    y = check_targets(y, len(X), loss, model.output_width, model.dtype)
+    lr = check_positive_float(lr, "lr")
+    epochs = check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    hardening = check_nonnegative_float(hardening, "hardening")
+    if validation is not None:
+        try:
+            X_val, y_val = validation
+        except (TypeError, ValueError):
+            raise TypeError("validation must be a pair (X_val, y_val)") from None
+        X_val = check_input(X_val, model.input_width, model.dtype, name="X_val", finite=True)
+        y_val = check_targets(y_val, len(X_val), loss, model.output_width, model.dtype, name="y_val")
+    if isinstance(optimizer, (Optimizer, Localized)):
+        opt = optimizer
+    else:
+        opt = make_optimizer(optimizer, model, lr, local_batch_size=local_batch_size, counts=usage_counts,
+                             **optimizer_options)
+    localized = isinstance(opt, Localized)
+    if localized and not hasattr(model, "block_usage"):
+        raise ValueError(f"{type(model).__name__} has no node/leaf blocks to localize: use 'adam' or 'sgd'")
+
+    rng = np.random.default_rng(seed)
+    snapshot = {name: np.empty_like(p) for name, p in model.params.items()}
+    history = History()
+    bar = _progress(epochs, progress)
+    for epoch in range(epochs):
+        started = time.perf_counter()
+        order = rng.permutation(len(X))
+        total_loss = total_entropy = 0.0
+        for start in range(0, len(X), batch_size):
+            rows = order[start:start + batch_size]
+            xb, yb = X[rows], y[rows]
+            out = model.forward(xb)
+            batch_loss = loss_fn(out, yb)
+            entropy = model.hardening_loss()
+            if not np.isfinite(batch_loss):
+                _restore(model, snapshot, start > 0 or epoch > 0)
+                bar.close()
+                raise TrainingDiverged(
+                    f"the loss became {batch_loss} in epoch {epoch + 1} (batch starting at sample {start}); "
+                    "the model keeps the last weights with a finite loss. Try a smaller lr.", history)
+            model.backward(loss_grad(out, yb), hardening=hardening, input_grad=False)
+            if not all(np.isfinite(g).all() for g in model.grads.values()):
+                bar.close()
+                raise TrainingDiverged(
+                    f"a gradient became NaN or Inf in epoch {epoch + 1}; the weights were not updated. "
+                    "Try a smaller lr.", history)
+            for name, p in model.params.items():
+                np.copyto(snapshot[name], p)
+            if localized:
+                opt.step(model.grads, model.block_usage(opt.counts), len(rows))
+            else:
+                opt.step(model.grads)
+            total_loss += batch_loss * len(rows)
+            total_entropy += entropy * len(rows)
+        metrics = {"loss": total_loss / len(X), "entropy": total_entropy / len(X)}
+        metrics["objective"] = metrics["loss"] + hardening * metrics["entropy"]
+        metrics.update(_evaluate(model, X, y, loss, "train"))
+        if validation is not None:
+            metrics["val_loss"] = loss_fn(model.predict_soft(X_val), y_val)
+            metrics.update(_evaluate(model, X_val, y_val, loss, "val"))
+        metrics["seconds"] = time.perf_counter() - started
+        history.append(**metrics)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in _SHOWN}, refresh=False)
+        bar.update(1)
+        if callback is not None:
+            callback(epoch, history, model)
+    bar.close()
+    return history
+
+
+_SHOWN = ("loss", "entropy", "train_acc_hard", "val_acc_hard", "val_mse_hard")
+
+
+def _restore(model, snapshot: dict, have_snapshot: bool) -> None:
+    if have_snapshot:
+        for name, p in model.params.items():
+            np.copyto(p, snapshot[name])
+
+
+def _progress(epochs: int, enabled: bool):
+    if enabled:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=epochs, desc="training", unit="epoch")
+    return _NoProgress()
+
+
+class _NoProgress:
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass

@@ -1,0 +1,336 @@
+"""The FFF model against the per-sample references of tests/naive.py, and its gradients against central differences."""
+
+import numpy as np
+import pytest
+
+import fffcpu
+from fffcpu import FF, FFF
+from fffcpu.functional import cross_entropy, cross_entropy_grad, mean_squared_error, mean_squared_error_grad
+
+import naive
+
+TOL = {"float32": dict(rtol=2e-4, atol=2e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+
+
+def random_model(depth, dtype="float64", seed=0, **kw):
+    rng = np.random.default_rng(seed + 100 * depth)
+    input_width, leaf_width, output_width = rng.integers(1, 7, size=3)
+    model = FFF(int(input_width), int(leaf_width), int(output_width), depth, dtype=dtype, seed=seed, **kw)
+    # Spread the biases so routes are not all decided by the same sign pattern.
+    model.params["node_biases"][...] = rng.normal(size=model.n_nodes) * 0.5
+    return model, rng
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", range(7))
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_soft_and_hard_forward_match_reference(depth, n, dtype):
+    model, rng = random_model(depth, dtype)
+    x = rng.normal(size=(n, model.input_width))
+    np.testing.assert_allclose(model.forward(x), naive.fff_soft(model, x), **TOL[dtype])
+    np.testing.assert_allclose(model.predict_soft(x), naive.fff_soft(model, x), **TOL[dtype])
+    clear = naive.fff_min_margin(model, x) > 1e-4
+    np.testing.assert_array_equal(model.route(x)[clear], naive.fff_route(model, x)[clear])
+    np.testing.assert_allclose(model.predict(x)[clear], naive.fff_hard(model, x)[clear], **TOL[dtype])
+    assert model.route(x).dtype == np.int64
+    assert model.predict(x).dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])
+def test_every_activation_matches_reference(activation):
+    model, rng = random_model(3, activation=activation)
+    x = rng.normal(size=(5, model.input_width))
+    np.testing.assert_allclose(model.forward(x), naive.fff_soft(model, x), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.predict(x), naive.fff_hard(model, x), rtol=1e-10, atol=1e-12)
+
+
+def test_mixture_weights_sum_to_one_and_hard_path_is_heaviest():
+    model, rng = random_model(5)
+    x = rng.normal(size=(9, model.input_width))
+    model.forward(x)
+    c = model._cache["reach_levels"][-1]
+    np.testing.assert_allclose(c.sum(axis=1), 1.0)
+    np.testing.assert_allclose(c, naive.fff_mixture(model, x), atol=1e-12)
+
+
+def test_depth_zero_is_a_plain_ff():
+    fff = FFF(6, 5, 3, 0, dtype="float64", seed=1)
+    ff = FF(6, 5, 3, dtype="float64", seed=2)
+    ff.set_params({"w1": fff.params["w1s"][0], "b1": fff.params["b1s"][0],
+                   "w2": fff.params["w2s"][0], "b2": fff.params["b2s"][0]})
+    x = np.random.default_rng(0).normal(size=(4, 6))
+    for out in (fff.forward(x), fff.predict(x), fff.predict_soft(x)):
+        np.testing.assert_allclose(out, ff.predict(x), rtol=1e-12)
+    np.testing.assert_array_equal(fff.route(x), 0)
+    assert fff.hardening_loss() == 0.0
+    fff.backward(np.ones((4, 3)))
+    assert fff.grads["node_weights"].shape == (0, 6)
+
+
+def test_logit_exactly_zero_goes_right_in_predict_and_hard_training():
+    model = FFF(2, 2, 2, 2, train_hardened=True, dtype="float64", seed=0)
+    model.params["node_weights"][...] = 0.0
+    model.params["node_biases"][...] = 0.0  # every logit is exactly 0
+    x = np.ones((3, 2))
+    assert (model.route(x) == 3).all()  # right, right
+    np.testing.assert_array_equal(model.forward(x), model.predict(x))
+    np.testing.assert_allclose(model.predict(x), naive.fff_hard(model, x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", [0, 1, 3, 6])
+def test_hard_training_forward_equals_predict_exactly(depth, dtype):
+    model, rng = random_model(depth, dtype, train_hardened=True)
+    x = rng.normal(size=(33, model.input_width))
+    clear = naive.fff_min_margin(model, x) > 1e-4
+    y_train = model.forward(x)
+    np.testing.assert_array_equal(y_train[clear], model.predict(x)[clear])
+    # b2 is part of the hard output (the PyTorch package's eval_forward forgets it).
+    model.params["b2s"][...] += 1.0
+    np.testing.assert_allclose(model.predict(x)[clear], y_train[clear] + 1.0, **TOL[dtype])
+
+
+# --- gradients: central differences in float64 ----------------------------------------------
+
+
+def check_gradients(model, x, loss_of_output, dloss, *, hardening=0.0, reference=None, rtol=1e-5, atol=1e-7):
+    """Compare model.backward with central differences of ``loss(reference(x)) + hardening * entropy``."""
+    reference = reference or (lambda m, xx: m.forward(xx))
+    out = model.forward(x)
+    dx = model.backward(dloss(out), hardening=hardening)
+
+    def objective():
+        value = loss_of_output(reference(model, x))
+        if hardening:
+            value += hardening * naive.fff_entropy(model, x)
+        return value
+
+    numeric = naive.numerical_gradients(objective, model.params, x)
+    for name, analytic in list(model.grads.items()) + [("x", dx)]:
+        np.testing.assert_allclose(analytic, numeric[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+def ce_loss(labels):
+    return (lambda out: naive.cross_entropy(out, labels)), (lambda out: cross_entropy_grad(out, labels))
+
+
+def mse_loss(targets):
+    return (lambda out: naive.mse(out, targets)), (lambda out: mean_squared_error_grad(out, targets))
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 3])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+def test_soft_gradients_cross_entropy(depth, activation):
+    model = FFF(4, 3, 3, depth, activation=activation, dtype="float64", seed=depth)
+    rng = np.random.default_rng(depth)
+    x = rng.normal(size=(5, 4))
+    labels = rng.integers(0, 3, size=5)
+    check_gradients(model, x, *ce_loss(labels), reference=naive.fff_soft)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_soft_gradients_mse_with_hardening(depth):
+    model = FFF(3, 2, 2, depth, activation="sigmoid", dtype="float64", seed=3)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, 3))
+    targets = rng.normal(size=(6, 2))
+    check_gradients(model, x, *mse_loss(targets), hardening=0.7, reference=naive.fff_soft)
+
+
+def test_hardening_term_alone():
+    model = FFF(3, 2, 2, 3, dtype="float64", seed=5)
+    x = np.random.default_rng(5).normal(size=(4, 3))
+    model.forward(x)
+    assert model.hardening_loss() == pytest.approx(naive.fff_entropy(model, x), rel=1e-12)
+    assert 0 < model.hardening_loss() <= np.log(2)
+    check_gradients(model, x, lambda out: 0.0, lambda out: np.zeros_like(out), hardening=1.3,
+                    reference=naive.fff_soft)
+
+
+def test_region_leak_gradients_with_fixed_flips():
+    model = FFF(4, 2, 3, 3, region_leak=0.5, dtype="float64", seed=7)
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(5, 4))
+    labels = rng.integers(0, 3, size=5)
+    flips = rng.random((5, model.n_nodes)) < 0.5
+    assert flips.any() and not flips.all()
+    loss, dloss = ce_loss(labels)
+    out = model.forward(x, flips=flips)
+    np.testing.assert_allclose(out, naive.fff_soft(model, x, flips=flips), rtol=1e-12)
+    dx = model.backward(dloss(out), hardening=0.3)
+
+    def objective():
+        return loss(naive.fff_soft(model, x, flips=flips)) + 0.3 * naive.fff_entropy(model, x)
+
+    numeric = naive.numerical_gradients(objective, model.params, x)
+    for name, analytic in list(model.grads.items()) + [("x", dx)]:
+        np.testing.assert_allclose(analytic, numeric[name], rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_region_leak_is_seeded_and_changes_training_forward_only():
+    a = FFF(4, 2, 2, 4, region_leak=0.3, dtype="float64", seed=11)
+    b = FFF(4, 2, 2, 4, region_leak=0.3, dtype="float64", seed=11)
+    x = np.random.default_rng(0).normal(size=(50, 4))
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    assert np.abs(a.forward(x) - a.predict_soft(x)).max() > 1e-3
+    np.testing.assert_allclose(a.predict_soft(x), naive.fff_soft(a, x), rtol=1e-10)
+    flips = a._cache["flips"]
+    assert 0.2 < flips.mean() < 0.4
+
+
+def test_plain_hard_training_gives_nodes_only_the_hardening_gradient():
+    model = FFF(4, 3, 3, 3, train_hardened=True, dtype="float64", seed=13)
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(6, 4))
+    labels = rng.integers(0, 3, size=6)
+    assert naive.fff_min_margin(model, x).min() > 1e-4  # finite differences do not cross a boundary
+    check_gradients(model, x, *ce_loss(labels), hardening=0.5)
+    model.forward(x)
+    model.backward(cross_entropy_grad(model.forward(x), labels), hardening=0.0)
+    assert not model.grads["node_weights"].any()
+
+
+def test_straight_through_gradients():
+    """The straight-through gradient is the gradient of the surrogate p = hard(z0) + σ(z) - σ(z0) at z = z0."""
+    model = FFF(4, 3, 3, 3, train_hardened=True, straight_through=True, dtype="float64", seed=17)
+    rng = np.random.default_rng(17)
+    x = rng.normal(size=(6, 4))
+    labels = rng.integers(0, 3, size=6)
+    assert naive.fff_min_margin(model, x).min() > 1e-4
+    p0 = naive.params64(model)
+    z0 = {(b, node): naive.node_logit(p0, node, x[b]) for b in range(len(x)) for node in range(model.n_nodes)}
+
+    def surrogate(z, b, node):
+        return float(z0[b, node] >= 0) + naive.sigmoid(z) - naive.sigmoid(z0[b, node])
+
+    def reference(m, xx):
+        return naive.fff_soft(m, xx, decision=lambda z, b, node: surrogate(z, b, node))
+
+    check_gradients(model, x, *ce_loss(labels), hardening=0.2, reference=reference)
+    assert np.abs(model.grads["node_weights"]).max() > 1e-6
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_ff_gradients_both_losses(activation):
+    model = FF(4, 5, 3, activation=activation, dtype="float64", seed=19)
+    rng = np.random.default_rng(19)
+    x = rng.normal(size=(6, 4))
+    np.testing.assert_allclose(model.forward(x), naive.ff_forward(model, x), rtol=1e-12)
+    check_gradients(model, x, *ce_loss(rng.integers(0, 3, 6)), reference=lambda m, xx: naive.ff_forward(m, xx))
+    check_gradients(model, x, *mse_loss(rng.normal(size=(6, 3))), reference=lambda m, xx: naive.ff_forward(m, xx))
+
+
+def test_input_grad_can_be_skipped():
+    model, rng = random_model(3)
+    x = rng.normal(size=(4, model.input_width))
+    model.forward(x)
+    assert model.backward(np.ones((4, model.output_width)), input_grad=False) is None
+    assert np.abs(model.grads["w1s"]).sum() > 0
+
+
+# --- usage ---------------------------------------------------------------------------------
+
+
+def test_usage_counts_soft_and_hard():
+    model = FFF(3, 2, 2, 3, dtype="float64", seed=23)
+    x = np.random.default_rng(23).normal(size=(40, 3))
+    model.forward(x)
+    c = naive.fff_mixture(model, x)
+    leaves = naive.fff_route(model, x)
+    np.testing.assert_allclose(model.batch_usage["leaf_soft"], c.sum(axis=0))
+    np.testing.assert_array_equal(model.batch_usage["leaf_hard"], np.bincount(leaves, minlength=8))
+    assert model.batch_usage["node_hard"][0] == 40 and model.batch_usage["node_soft"][0] == pytest.approx(40)
+    # node 1 (left child of the root) is reached by the samples of leaves 0..3
+    assert model.batch_usage["node_hard"][1] == np.isin(leaves, [0, 1, 2, 3]).sum()
+    assert model.batch_usage["node_soft"][2] == pytest.approx(c[:, 4:].sum())
+    model.forward(x)
+    np.testing.assert_allclose(model.usage["leaf_soft"], 2 * c.sum(axis=0))
+    model.reset_usage()
+    assert model.usage["leaf_hard"].sum() == 0
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(depth=-1), ValueError, "depth must be an integer >= 0, got -1"),
+        (dict(leaf_width=0), ValueError, "leaf_width must be an integer >= 1, got 0"),
+        (dict(input_width=-3), ValueError, "input_width"),
+        (dict(output_width=2.5), TypeError, "output_width must be an integer"),
+        (dict(region_leak=1.5), ValueError, r"region_leak must be in \[0, 1\], got 1.5"),
+        (dict(activation="swish"), ValueError, "activation must be one of"),
+        (dict(dtype="float16"), ValueError, "dtype must be one of"),
+        (dict(depth=35), MemoryError, "would need"),
+        (dict(straight_through=True), ValueError, "train_hardened=True"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, error, message):
+    args = dict(input_width=784, leaf_width=8, output_width=10, depth=3) | kwargs
+    with pytest.raises(error, match=message):
+        FFF(**args)
+
+
+def test_huge_depth_refused_before_allocating():
+    with pytest.raises(MemoryError, match=r"would need .* more than this machine"):
+        FFF(784, 16, 10, 30)
+
+
+@pytest.mark.parametrize("method", ["predict", "route", "forward", "predict_soft"])
+def test_bad_inputs(method):
+    model = FFF(4, 2, 2, 2)
+    f = getattr(model, method)
+    with pytest.raises(ValueError, match="x has 3 features, the model was built for input_width=4"):
+        f(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"2-D \(n_samples, 4\), got shape \(4,\); for one sample use"):
+        f(np.zeros(4))
+    with pytest.raises(TypeError, match="complex"):
+        f(np.zeros((2, 4), dtype=complex))
+    with pytest.raises(TypeError, match="real numbers"):
+        f(np.array([["a", "b", "c", "d"]]))
+    assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
+
+
+def test_backward_needs_forward_and_matching_dy():
+    model = FFF(4, 2, 2, 2)
+    with pytest.raises(RuntimeError, match="call forward"):
+        model.backward(np.zeros((1, 2)))
+    model.forward(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"dy must have the shape .* \(3, 2\), got \(3, 3\)"):
+        model.backward(np.zeros((3, 3)))
+
+
+def test_predict_lets_nan_propagate():
+    model = FFF(3, 2, 2, 2, dtype="float64", seed=0)
+    x = np.array([[np.nan, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    out = model.predict(x)
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+    assert model.route(x)[0] == 0  # NaN logits compare false with 0: left at every level
+
+
+def test_losses_match_reference():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(5, 4)) * 30, rng.integers(0, 4, 5)
+    assert cross_entropy(logits, labels) == pytest.approx(naive.cross_entropy(logits, labels), rel=1e-12)
+    out, tgt = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+    assert mean_squared_error(out, tgt) == pytest.approx(naive.mse(out, tgt), rel=1e-12)
+    huge = np.array([[1000.0, -1000.0], [-1e4, 1e4]], dtype=np.float32)
+    assert np.isfinite(cross_entropy(huge, np.array([1, 0])))
+    assert np.isfinite(cross_entropy_grad(huge, np.array([1, 0]))).all()
+
+
+def test_copy_is_independent_and_equal():
+    model, rng = random_model(3)
+    clone = model.copy()
+    x = rng.normal(size=(5, model.input_width))
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    clone.params["b2s"][...] += 1
+    assert not np.array_equal(clone.predict(x), model.predict(x))
+
+
+def test_sizes_from_the_paper():
+    model = FFF(784, 8, 10, 4)
+    assert model.training_width == 128 and model.inference_size == 12
+    assert fffcpu.tree.training_size(4, 8) == 15 + 128
+    assert FF(784, 128, 10).training_width == 128

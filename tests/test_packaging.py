@@ -1,0 +1,317 @@
+"""Packaging consistency: pyproject.toml vs environment.yml, Makefile, .ci/run.
+
+environment.yml (for conda users) must list exactly the core dependencies plus
+the ``data``, ``notebooks`` and ``test`` extras of pyproject.toml, with the same
+version bounds, besides ``python`` and ``pip``.  The YAML is read by a tiny
+hand parser (PyYAML is not a dependency), which understands only the simple
+shape that file has.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = ROOT / "pyproject.toml"
+ENVIRONMENT = ROOT / "environment.yml"
+MAKEFILE = ROOT / "Makefile"
+CI_RUN = ROOT / ".ci" / "run"
+
+# Extras mirrored in environment.yml (viz and dask are pip-only; dev is a meta extra).
+MIRRORED_EXTRAS = ("data", "notebooks", "test")
+# Allowed in environment.yml beyond the mirrored packages.
+ENV_ONLY = {"python", "pip"}
+
+_REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*(.*?)\s*$")
+_SPEC = re.compile(r"^(>=|<=|==|!=|~=|>|<|=)\s*([0-9][0-9A-Za-z.*+!-]*)$")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name normalization (``Scikit_Learn`` -> ``scikit-learn``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def parse_requirement(text: str) -> tuple[str, frozenset[str]]:
+    """Split ``"numpy>=1.24,<2.6"`` (PEP 508 or conda match spec) into
+    ``("numpy", {">=1.24", "<2.6"})``.  Raises ValueError on anything else
+    (markers, URLs, conda space syntax; conda ``=`` is accepted), so surprises fail the test."""
+    text = text.split("#", 1)[0].strip()
+    m = _REQ.match(text)
+    if not m:
+        raise ValueError(f"cannot parse requirement {text!r}")
+    name, _extras, rest = m.groups()
+    specs = set()
+    if rest:
+        for part in rest.split(","):
+            part = part.strip().replace(" ", "")
+            if not _SPEC.match(part):
+                raise ValueError(f"cannot parse version bound {part!r} in {text!r}")
+            specs.add(part)
+    return normalize(name), frozenset(specs)
+
+
+def load_pyproject(text: str | None = None) -> dict:
+    return tomllib.loads(PYPROJECT.read_text() if text is None else text)
+
+
+def expected_packages(pyproject: dict) -> tuple[dict[str, frozenset[str]], list[str]]:
+    """Packages the conda environment must carry, name -> bounds, plus any
+    inconsistencies inside pyproject itself (one package, two different bounds)."""
+    project = pyproject["project"]
+    extras = project.get("optional-dependencies", {})
+    requirements = list(project.get("dependencies", []))
+    problems = []
+    for extra in MIRRORED_EXTRAS:
+        if extra not in extras:
+            problems.append(f"pyproject.toml has no [{extra}] extra")
+        requirements += extras.get(extra, [])
+    packages: dict[str, frozenset[str]] = {}
+    for req in requirements:
+        name, specs = parse_requirement(req)
+        if name in packages and packages[name] != specs:
+            problems.append(
+                f"pyproject.toml gives {name} two different bounds: "
+                f"{sorted(packages[name])} and {sorted(specs)}"
+            )
+        packages.setdefault(name, specs)
+    return packages, problems
+
+
+def parse_environment(text: str) -> dict:
+    """Tiny parser for the simple conda environment.yml shape::
+
+        name: fffcpu
+        channels:
+          - conda-forge
+        dependencies:
+          - numpy>=1.24,<2.6
+          - pip:
+              - -e .
+
+    Returns {"name": str, "channels": [...], "dependencies": [...], "pip": [...]}.
+    """
+    result: dict = {"name": None, "channels": [], "dependencies": [], "pip": []}
+    section = None  # top-level key whose list we are reading
+    in_pip = False
+    item_indent = None
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        stripped = line.strip()
+        if indent == 0:
+            key, sep, value = stripped.partition(":")
+            if not sep:
+                raise ValueError(f"environment.yml:{lineno}: expected 'key:' got {raw!r}")
+            key, value = key.strip(), value.strip()
+            in_pip, item_indent = False, None
+            if value:
+                result[key] = value
+                section = None
+            else:
+                section = key
+                result.setdefault(key, [])
+            continue
+        if section is None or not stripped.startswith("- "):
+            raise ValueError(f"environment.yml:{lineno}: unexpected line {raw!r}")
+        item = stripped[2:].strip()
+        if item_indent is None:
+            item_indent = indent
+        if indent == item_indent:
+            in_pip = False
+            if section == "dependencies" and item == "pip:":
+                in_pip = True
+                continue
+            result[section].append(item)
+        elif indent > item_indent and in_pip:
+            result["pip"].append(item)
+        else:
+            raise ValueError(f"environment.yml:{lineno}: unexpected indentation {raw!r}")
+    return result
+
+
+def environment_problems(pyproject: dict, environment: dict) -> list[str]:
+    """Every difference between the mirrored pyproject packages and environment.yml."""
+    expected, problems = expected_packages(pyproject)
+    found: dict[str, frozenset[str]] = {}
+    for dep in environment["dependencies"]:
+        name, specs = parse_requirement(dep)
+        if name in found:
+            problems.append(f"environment.yml lists {name} twice")
+        found[name] = specs
+    for name, specs in sorted(expected.items()):
+        if name not in found:
+            problems.append(f"{name} is in pyproject.toml but missing from environment.yml")
+        elif found[name] != specs:
+            problems.append(
+                f"{name}: pyproject.toml has {sorted(specs)}, "
+                f"environment.yml has {sorted(found[name])}"
+            )
+    for name in sorted(set(found) - set(expected) - ENV_ONLY):
+        problems.append(f"{name} is in environment.yml but not in pyproject.toml core/{'/'.join(MIRRORED_EXTRAS)}")
+    for name in sorted(ENV_ONLY - set(found)):
+        problems.append(f"environment.yml does not list {name}")
+    return problems
+
+
+# --------------------------------------------------------------------------
+# pyproject.toml
+
+
+def test_pyproject_metadata():
+    project = load_pyproject()["project"]
+    assert project["name"] == "fffcpu"
+    assert project["version"] == "0.1.0"
+    assert project["requires-python"] == ">=3.10"
+    assert project["scripts"]["fffcpu"] == "fffcpu.cli:main"
+    extras = project["optional-dependencies"]
+    assert {"data", "notebooks", "viz", "dask", "test", "dev"} <= set(extras)
+    assert any(r.startswith("fffcpu[") for r in extras["dev"])
+
+
+def test_pyproject_requirements_parse_and_numpy_capped_for_numba():
+    project = load_pyproject()["project"]
+    core = dict(parse_requirement(r) for r in project["dependencies"])
+    assert {"numpy", "numba", "scipy", "tqdm", "threadpoolctl"} <= set(core)
+    assert "<2.6" in core["numpy"], "numba 0.68 needs numpy < 2.6"
+    for extra, reqs in project["optional-dependencies"].items():
+        for req in reqs:
+            parse_requirement(req)  # raises on anything unexpected
+
+
+def test_pytest_markers_declared():
+    options = load_pyproject()["tool"]["pytest"]["ini_options"]
+    assert options["testpaths"] == ["tests"]
+    names = {m.split(":", 1)[0].strip() for m in options["markers"]}
+    assert {"slow", "torch"} <= names
+
+
+# --------------------------------------------------------------------------
+# environment.yml
+
+
+def test_environment_shape():
+    env = parse_environment(ENVIRONMENT.read_text())
+    assert env["name"] == "fffcpu"
+    assert env["channels"] == ["conda-forge"]
+    assert "python=3.11" in env["dependencies"]
+    assert env["pip"] == ["-e ."]
+
+
+def test_environment_matches_pyproject():
+    problems = environment_problems(
+        load_pyproject(), parse_environment(ENVIRONMENT.read_text())
+    )
+    assert problems == []
+
+
+def _drop_line(text: str, startswith: str) -> str:
+    lines = text.splitlines(keepends=True)
+    kept = [ln for ln in lines if not ln.strip().startswith(startswith)]
+    assert len(kept) == len(lines) - 1, f"expected exactly one line starting {startswith!r}"
+    return "".join(kept)
+
+
+@pytest.mark.parametrize(
+    "mutate, expected_message",
+    [
+        # a package removed from environment.yml
+        (lambda py, env: (py, _drop_line(env, "- mlxtend")), "mlxtend is in pyproject.toml but missing"),
+        # a package removed from pyproject.toml (no longer expected in environment.yml)
+        (
+            lambda py, env: (py.replace('"threadpoolctl>=3.1",', ""), env),
+            "threadpoolctl is in environment.yml but not in pyproject",
+        ),
+        # a bound changed in one file only
+        (lambda py, env: (py, env.replace("numba>=0.59", "numba>=0.58")), "numba: pyproject.toml has"),
+        # an upper bound dropped in one file only
+        (lambda py, env: (py, env.replace("numpy>=1.24,<2.6", "numpy>=1.24")), "numpy: pyproject.toml has"),
+        # something unexpected added to environment.yml
+        (lambda py, env: (py, env.replace("  - pip\n", "  - pip\n  - torch>=2\n")), "torch is in environment.yml"),
+        # the same package with two different bounds inside pyproject
+        (
+            lambda py, env: (
+                py.replace('test = ["pytest>=7", "scikit-learn>=1.3"', 'test = ["pytest>=7", "scikit-learn>=1.4"'),
+                env,
+            ),
+            "two different bounds",
+        ),
+    ],
+    ids=["removed-from-env", "removed-from-pyproject", "bound-changed", "upper-bound-dropped",
+         "unexpected-in-env", "inconsistent-in-pyproject"],
+)
+def test_consistency_check_can_fail(mutate, expected_message):
+    py_text, env_text = PYPROJECT.read_text(), ENVIRONMENT.read_text()
+    new_py, new_env = mutate(py_text, env_text)
+    assert (new_py, new_env) != (py_text, env_text), "mutation did not apply"
+    problems = environment_problems(load_pyproject(new_py), parse_environment(new_env))
+    assert any(expected_message in p for p in problems), problems
+
+
+def test_parse_requirement_rejects_unknown_syntax():
+    assert parse_requirement("numpy>=1.24,<2.6") == ("numpy", frozenset({">=1.24", "<2.6"}))
+    assert parse_requirement("dask[array]>=2023.1") == ("dask", frozenset({">=2023.1"}))
+    assert parse_requirement("ruff") == ("ruff", frozenset())
+    with pytest.raises(ValueError):
+        parse_requirement("numpy 1.24.*")  # conda space syntax is not used in environment.yml
+
+
+# --------------------------------------------------------------------------
+# Makefile and .ci/run
+
+
+def makefile_targets(text: str) -> set[str]:
+    targets = set()
+    for line in text.splitlines():
+        m = re.match(r"^([A-Za-z0-9_.%$()/ -]+?)\s*:(?!=)", line)
+        if m and not line.startswith("\t"):
+            targets.update(m.group(1).split())
+    return targets
+
+
+def test_makefile_targets():
+    text = MAKEFILE.read_text()
+    targets = makefile_targets(text)
+    for target in ("demo", "test", "bench", "lab", "torch", "venv", "clean", "help"):
+        assert target in targets, f"Makefile has no '{target}' target"
+    assert re.search(r"^\.DEFAULT_GOAL\s*:=\s*help\s*$", text, re.M)
+    # GNU make recipes must be indented with tabs
+    for lineno, line in enumerate(text.splitlines(), 1):
+        assert not re.match(r"^ +(\$\(|@|rm |find )", line), f"Makefile:{lineno}: recipe indented with spaces"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+def test_make_help_lists_targets():
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "help"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    for target in ("demo", "test", "bench", "lab"):
+        assert f"make {target}" in out
+
+
+def test_ci_run_calls_make_test():
+    text = CI_RUN.read_text()
+    code = [ln.split("#", 1)[0] for ln in text.splitlines()]
+    assert text.startswith("#!/usr/bin/env bash") or text.startswith("#!/bin/bash")
+    assert any(re.search(r"\bset -euo pipefail\b", ln) for ln in code)
+    assert any(re.search(r"\bmake\b.*\btest\b", ln) for ln in code), ".ci/run must call `make test`"
+    assert any(re.search(r"\bmake\b.*\btorch\b", ln) for ln in code), ".ci/run must install the torch cross-checks"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="executable bit is POSIX only")
+def test_ci_run_is_executable():
+    assert os.access(CI_RUN, os.X_OK)
