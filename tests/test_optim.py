@@ -1,0 +1,130 @@
+"""Optimizers against steps computed by hand, and the localized optimizers' gating."""
+
+import numpy as np
+import pytest
+
+from fffcpu import FFF
+from fffcpu.optim import SGD, Adam, LocalAdam, LocalSGD, Localized, make_optimizer
+
+
+def test_sgd_plain_step():
+    p = {"w": np.array([1.0, -2.0])}
+    SGD(p, lr=0.1).step({"w": np.array([0.5, 1.0])})
+    np.testing.assert_allclose(p["w"], [1.0 - 0.05, -2.0 - 0.1])
+
+
+def test_sgd_momentum_and_weight_decay_by_hand():
+    # v1 = g1 + wd*θ0 = 1 + 0.1*2 = 1.2;             θ1 = 2 - 0.5*1.2 = 1.4
+    # v2 = 0.9*1.2 + (g2 + wd*θ1) = 1.08 + (-1 + 0.14) = 0.22; θ2 = 1.4 - 0.5*0.22 = 1.29
+    p = {"w": np.array([2.0])}
+    opt = SGD(p, lr=0.5, momentum=0.9, weight_decay=0.1)
+    opt.step({"w": np.array([1.0])})
+    assert p["w"][0] == pytest.approx(1.4)
+    opt.step({"w": np.array([-1.0])})
+    assert p["w"][0] == pytest.approx(1.29)
+
+
+def test_adam_two_steps_by_hand():
+    # step 1: m = 0.1*g = 0.2, v = 0.001*g^2 = 0.004; m̂ = 2, v̂ = 4 -> θ = 1 - 0.1*2/(2+1e-8)
+    # step 2 (g = -1): m = 0.9*0.2 - 0.1 = 0.08, v = 0.999*0.004 + 0.001 = 0.004996
+    #   m̂ = 0.08/0.19, v̂ = 0.004996/0.001999
+    p = {"w": np.array([1.0])}
+    opt = Adam(p, lr=0.1)
+    opt.step({"w": np.array([2.0])})
+    expected = 1.0 - 0.1 * 2.0 / (2.0 + 1e-8)
+    assert p["w"][0] == pytest.approx(expected, rel=1e-12)
+    opt.step({"w": np.array([-1.0])})
+    m_hat, v_hat = 0.08 / (1 - 0.9**2), 0.004996 / (1 - 0.999**2)
+    assert p["w"][0] == pytest.approx(expected - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8), rel=1e-12)
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9), lambda p: Adam(p, lr=0.1)])
+def test_masked_rows_and_their_state_are_untouched(make):
+    p = {"w": np.arange(6.0).reshape(3, 2)}
+    opt = make(p)
+    opt.step({"w": np.ones((3, 2))})
+    before = p["w"].copy()
+    state = {k: v["w"].copy() for k, v in vars(opt).items() if isinstance(v, dict) and "w" in v}
+    opt.step({"w": np.ones((3, 2))}, rows={"w": np.array([False, True, False])})
+    np.testing.assert_array_equal(p["w"][[0, 2]], before[[0, 2]])
+    assert not np.array_equal(p["w"][1], before[1])
+    for name, old in state.items():
+        np.testing.assert_array_equal(getattr(opt, name)["w"][[0, 2]], old[[0, 2]], err_msg=name)
+
+
+def fff_with_grads(seed=0):
+    model = FFF(3, 2, 2, 2, dtype="float64", seed=seed)
+    rng = np.random.default_rng(seed)
+    for g in model.grads.values():
+        g[...] = rng.normal(size=g.shape)
+    return model
+
+
+def test_localized_updates_only_due_blocks_with_their_mean_gradient():
+    model = fff_with_grads()
+    before = {k: v.copy() for k, v in model.params.items()}
+    opt = LocalSGD(model.params, model.param_blocks, lr=1.0, local_batch_size=10)
+    # Batch of 8 samples: nodes used 8, 5, 3 times; leaves 4, 1, 3, 0.
+    due = opt.step(model.grads, {"node": np.array([8.0, 5, 3]), "leaf": np.array([4.0, 1, 3, 0])}, n_samples=8)
+    assert not due["node"].any() and not due["leaf"].any()
+    for k in before:
+        np.testing.assert_array_equal(model.params[k], before[k])
+    # Second batch of 8: node 0 reaches 16 >= 10 and is updated with (8 g1 + 8 g2) / 16; leaf 0 reaches 4+6.
+    g1 = {k: v.copy() for k, v in model.grads.items()}
+    g2 = {k: v * -0.5 for k, v in g1.items()}
+    due = opt.step(g2, {"node": np.array([8.0, 2, 6]), "leaf": np.array([6.0, 1, 1, 0])}, n_samples=8)
+    np.testing.assert_array_equal(due["node"], [True, False, False])
+    np.testing.assert_array_equal(due["leaf"], [True, False, False, False])
+    expected_node0 = before["node_weights"][0] - (8 * g1["node_weights"][0] + 8 * g2["node_weights"][0]) / 16
+    np.testing.assert_allclose(model.params["node_weights"][0], expected_node0)
+    np.testing.assert_array_equal(model.params["node_weights"][1:], before["node_weights"][1:])
+    expected_leaf0 = before["w2s"][0] - (8 * g1["w2s"][0] + 8 * g2["w2s"][0]) / 10
+    np.testing.assert_allclose(model.params["w2s"][0], expected_leaf0)
+    np.testing.assert_array_equal(model.params["w2s"][1:], before["w2s"][1:])
+    # Updated blocks restart their accumulation; the others keep theirs.
+    assert opt.pending["node"][0] == 0 and opt.pending["node"][2] == 9
+    assert not opt.accumulated["w2s"][0].any() and opt.accumulated["w2s"][1].any()
+
+
+def test_local_adam_leaves_moments_of_non_due_blocks_unchanged():
+    model = fff_with_grads(1)
+    opt = LocalAdam(model.params, model.param_blocks, lr=0.01, local_batch_size=4)
+    opt.step(model.grads, {"node": np.array([4.0, 4, 0]), "leaf": np.array([4.0, 0, 0, 0])}, n_samples=4)
+    adam = opt.optimizer
+    assert adam.t["node_weights"].tolist() == [1, 1, 0] and adam.t["w1s"].tolist() == [1, 0, 0, 0]
+    m_before = adam.m["w1s"].copy()
+    v_before = adam.v["w1s"].copy()
+    opt.step(model.grads, {"node": np.array([4.0, 0, 0]), "leaf": np.array([0.0, 4, 0, 0])}, n_samples=4)
+    np.testing.assert_array_equal(adam.m["w1s"][0], m_before[0])  # not decayed while not due
+    np.testing.assert_array_equal(adam.v["w1s"][0], v_before[0])
+    assert adam.t["w1s"].tolist() == [1, 1, 0, 0]
+    assert not adam.m["w1s"][2:].any()
+
+
+def test_localized_with_batch_size_usage_every_step_equals_plain_optimizer():
+    """With soft counts the root is reached by every sample, so local_batch_size = B updates it every step."""
+    a, b = fff_with_grads(2), fff_with_grads(2)
+    plain = Adam(a.params, lr=0.01)
+    local = LocalAdam(b.params, b.param_blocks, lr=0.01, local_batch_size=5)
+    usage = {"node": np.full(3, 5.0), "leaf": np.full(4, 5.0)}
+    for _ in range(3):
+        plain.step(a.grads)
+        local.step(b.grads, usage, n_samples=5)
+    for k in a.params:
+        np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-12)
+
+
+def test_make_optimizer_and_errors():
+    model = FFF(3, 2, 2, 2)
+    assert isinstance(make_optimizer("adam", model, 0.1), Adam)
+    assert isinstance(make_optimizer("local_sgd", model, 0.1, local_batch_size=8), Localized)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        make_optimizer("rmsprop", model, 0.1)
+    with pytest.raises(ValueError, match="needs local_batch_size"):
+        make_optimizer("local_adam", model, 0.1)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got -1"):
+        SGD(model.params, lr=-1)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got 0"):
+        Adam(model.params, lr=0)
+    with pytest.raises(ValueError, match="local_batch_size"):
+        LocalSGD(model.params, model.param_blocks, lr=0.1, local_batch_size=0)
