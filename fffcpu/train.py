@@ -172,8 +172,9 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
         for start in range(0, len(X), batch_size):
             rows = order[start:start + batch_size]
             xb, yb = X[rows], y[rows]
-            out = model.forward(xb)
-            batch_loss = loss_fn(out, yb)
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported below
+                out = model.forward(xb)
+                batch_loss = loss_fn(out, yb)
             entropy = model.hardening_loss()
             if not np.isfinite(batch_loss):
                 _restore(model, snapshot, start > 0 or epoch > 0)

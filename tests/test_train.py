@@ -1,0 +1,134 @@
+"""The training loop: it learns, it hardens, it validates its input and it stops cleanly on divergence."""
+
+import numpy as np
+import pytest
+
+import fffcpu
+from fffcpu import FF, FFF, TrainingDiverged, train
+from fffcpu.datasets import load_digits, train_test_split
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits()
+    return train_test_split(X, y, test_size=0.25, seed=0)
+
+
+def test_fff_learns_digits_and_hardens(digits):
+    X_train, X_test, y_train, y_test = digits
+    model = FFF(64, 8, 10, 4, seed=0)
+    history = train(model, X_train, y_train, lr=1e-2, epochs=40, batch_size=64, hardening=10.0,
+                    validation=(X_test, y_test), seed=0, progress=False)
+    hard = np.mean(model.predict(X_test).argmax(axis=1) == y_test)
+    soft = np.mean(model.predict_soft(X_test).argmax(axis=1) == y_test)
+    assert hard >= 0.90
+    assert abs(hard - soft) <= 0.01
+    assert history["val_acc_hard"][-1] == pytest.approx(hard)
+    assert history["entropy"][-1] < history["entropy"][0]
+    assert history.epochs == 40 and len(history["seconds"]) == 40
+    assert set(history) >= {"loss", "entropy", "objective", "train_acc_soft", "train_acc_hard", "val_loss",
+                            "val_acc_soft", "val_acc_hard"}
+
+
+def test_without_hardening_the_tree_stays_soft(digits):
+    X_train, _, y_train, _ = digits
+    model = FFF(64, 8, 10, 4, seed=0)
+    history = train(model, X_train, y_train, lr=1e-2, epochs=5, batch_size=64, seed=0, progress=False)
+    assert history["train_acc_soft"][-1] > history["train_acc_hard"][-1]
+
+
+def test_dense_ff_and_mse_regression():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = np.sin(X[:, :1]) + X[:, 1:2] * X[:, 2:3]
+    model = FF(3, 32, 1, activation="tanh", dtype="float64", seed=0)
+    history = train(model, X, y[:, 0], loss="mse", lr=1e-2, epochs=60, batch_size=32, seed=0, progress=False)
+    assert history["train_mse_hard"][-1] < 0.25 * history["train_mse_hard"][0]
+    assert history["loss"][-1] < history["loss"][0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "local_sgd", "local_adam"])
+def test_other_optimizers_reduce_the_loss(digits, optimizer):
+    X_train, _, y_train, _ = digits
+    model = FFF(64, 4, 10, 3, seed=1)
+    options = {"lr": 0.1, "momentum": 0.9} if "sgd" in optimizer else {"lr": 1e-2}
+    history = train(model, X_train, y_train, optimizer=optimizer, epochs=6, batch_size=64, local_batch_size=64,
+                    seed=0, progress=False, **options)
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+
+
+def test_training_is_reproducible(digits):
+    X_train, _, y_train, _ = digits
+    runs = []
+    for _ in range(2):
+        model = FFF(64, 2, 10, 3, region_leak=0.1, seed=3)
+        train(model, X_train[:300], y_train[:300], epochs=2, seed=4, progress=False)
+        runs.append(model.params["w1s"].copy())
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_callback_sees_every_epoch(digits):
+    X_train, _, y_train, _ = digits
+    seen = []
+    train(FFF(64, 2, 10, 2, seed=0), X_train[:100], y_train[:100], epochs=3, progress=False,
+          callback=lambda epoch, history, model: seen.append((epoch, history.epochs)))
+    assert seen == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_progress_bar_prints_to_stderr(digits, capsys):
+    X_train, _, y_train, _ = digits
+    train(FFF(64, 2, 10, 2, seed=0), X_train[:100], y_train[:100], epochs=2, progress=True)
+    assert "training" in capsys.readouterr().err
+    train(FFF(64, 2, 10, 2, seed=0), X_train[:100], y_train[:100], epochs=2, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_divergence_stops_with_last_finite_weights():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)) * 1e3
+    y = rng.normal(size=(64, 1)) * 1e18
+    model = FF(3, 4, 1, activation="identity", seed=0)
+    with pytest.raises(TrainingDiverged, match="Try a smaller lr") as info:
+        train(model, X, y, loss="mse", optimizer="sgd", lr=10.0, epochs=50, batch_size=8, progress=False)
+    for p in model.params.values():
+        assert np.isfinite(p).all()
+    assert isinstance(info.value.history, fffcpu.History)
+
+
+@pytest.mark.parametrize(
+    "X, y, kwargs, error, message",
+    [
+        (np.zeros((0, 4)), np.zeros(0, int), {}, ValueError, "the training set is empty"),
+        (np.zeros((5, 3)), np.zeros(5, int), {}, ValueError, "X has 3 features, the model was built for input_width=4"),
+        (np.zeros(4), np.zeros(1, int), {}, ValueError, "X must be 2-D"),
+        (np.full((5, 4), np.nan), np.zeros(5, int), {}, ValueError, "X contains 20 NaN or Inf"),
+        (np.zeros((5, 4)), np.zeros(4, int), {}, ValueError, "y must be 1-D class labels of length 5, got shape"),
+        (np.zeros((5, 4)), np.array([0, 1, 2, 3, 9]), {}, ValueError, r"labels in \[0, 9\].*output_width=3"),
+        (np.zeros((5, 4)), np.array([0, 1, -1, 0, 0]), {}, ValueError, "labels must be in"),
+        (np.zeros((5, 4)), np.array([0, 1, np.nan, 0, 0]), {}, ValueError, "y contains NaN"),
+        (np.zeros((5, 4)), np.array([0, 0.5, 1, 0, 0]), {}, ValueError, "integer class labels"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"lr": 0}, ValueError, "lr must be a positive finite number, got 0"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"lr": -1e-3}, ValueError, "lr must be a positive"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"loss": "hinge"}, ValueError, "loss must be one of"),
+        (np.zeros((5, 4)), np.zeros((5, 2)), {"loss": "mse"}, ValueError, r"y must have shape \(5, 3\)"),
+        (np.zeros((5, 4)), np.full((5, 3), np.inf), {"loss": "mse"}, ValueError, "y contains NaN or Inf"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"validation": np.zeros(3)}, TypeError, "validation must be a pair"),
+        (np.zeros((5, 4), dtype=complex), np.zeros(5, int), {}, TypeError, "complex"),
+    ],
+)
+def test_bad_training_input(X, y, kwargs, error, message):
+    model = FFF(4, 2, 3, 2, seed=0)
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(error, match=message):
+        train(model, X, y, progress=False, **kwargs)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])  # nothing the user had is touched
+
+
+def test_integer_features_are_converted():
+    X = np.random.default_rng(0).integers(0, 16, size=(50, 4))
+    history = train(FFF(4, 2, 3, 2, seed=0), X, np.arange(50) % 3, epochs=1, progress=False)
+    assert np.isfinite(history["loss"][0])
