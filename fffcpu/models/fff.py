@@ -426,3 +426,75 @@ class FFF(Model):
             f"{super().summary()}; training width {self.training_width:,}, "
             f"inference size {self.inference_size} neurons ({format_bytes(self.nbytes)} of weights)"
         )
+
+    # --- interop with the PyTorch package fastfeedforward (spec §1) ---------------------------
+    @classmethod
+    def from_fastfeedforward(cls, state_dict, *, activation: str = "relu", usage_mode: str = "soft", dtype=None,
+                             **options):
+        """Build an FFF from a ``fastfeedforward.FFF`` state dict, without importing torch.
+
+        Parameters
+        ----------
+        state_dict : mapping
+            ``torch_model.state_dict()`` (torch tensors) or the same keys holding arrays: ``node_weights``
+            (n, in), ``node_biases`` (n, 1) or (n,), ``w1s``, ``b1s``, ``w2s``, ``b2s``, optionally ``depth``
+            and the usage buffers ``node_usage``/``leaf_usage``.
+        activation : str
+            The activation the torch model was built with (a state dict does not record it; ReLU is its default).
+        usage_mode : {"soft", "hard"}
+            Which of our usage counters receives the package's usage buffers, when present.
+        dtype : {"float32", "float64"}, optional
+            Defaults to the dtype of ``w1s``.
+        **options
+            Other ``FFF`` keyword arguments (``region_leak``, ``train_hardened``, ``seed``, ...).
+        """
+        arrays = {key: _to_numpy(value) for key, value in dict(state_dict).items()}
+        missing = [k for k in ("node_weights", "node_biases", "w1s", "b1s", "w2s", "b2s") if k not in arrays]
+        if missing:
+            raise ValueError(f"state_dict lacks {missing}; expected the keys of fastfeedforward.FFF")
+        w1s, w2s = arrays["w1s"], arrays["w2s"]
+        if w1s.ndim != 3 or w2s.ndim != 3:
+            raise ValueError(f"w1s and w2s must be 3-D, got shapes {w1s.shape} and {w2s.shape}")
+        n_leaves = w1s.shape[0]
+        depth = int(n_leaves).bit_length() - 1
+        if n_leaves != 1 << depth:
+            raise ValueError(f"w1s has {n_leaves} leaves, which is not a power of two")
+        if "depth" in arrays and int(arrays["depth"]) != depth:
+            raise ValueError(f"state_dict says depth={int(arrays['depth'])} but w1s has {n_leaves} leaves")
+        if dtype is None:
+            dtype = w1s.dtype if w1s.dtype.name in ("float32", "float64") else "float32"
+        model = cls(w1s.shape[1], w1s.shape[2], w2s.shape[2], depth, activation=activation, dtype=dtype, **options)
+        params = {k: arrays[k] for k in model.param_shapes()}
+        params["node_biases"] = params["node_biases"].reshape(-1)
+        model.set_params(params)
+        if usage_mode not in ("soft", "hard"):
+            raise ValueError(f"usage_mode must be 'soft' or 'hard', got {usage_mode!r}")
+        for kind in ("node", "leaf"):
+            if f"{kind}_usage" in arrays:
+                model.usage[f"{kind}_{usage_mode}"][...] = arrays[f"{kind}_usage"].reshape(-1)
+        return model
+
+    def to_fastfeedforward(self, *, usage_mode: str | None = None) -> dict:
+        """The parameters as a ``fastfeedforward.FFF`` state dict of NumPy arrays.
+
+        Load it with ``torch_model.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()})``.
+        ``node_biases`` gets the package's (n, 1) shape and ``depth`` is included; with
+        ``usage_mode="soft"`` or ``"hard"`` the matching usage counters are added as ``node_usage`` and
+        ``leaf_usage`` (for a torch model built with that ``usage_mode``).
+        """
+        state = {k: v.copy() for k, v in self.params.items()}
+        state["node_biases"] = state["node_biases"].reshape(-1, 1)
+        state["depth"] = np.array(self.depth, dtype=np.int64)
+        if usage_mode is not None:
+            if usage_mode not in ("soft", "hard"):
+                raise ValueError(f"usage_mode must be None, 'soft' or 'hard', got {usage_mode!r}")
+            state["node_usage"] = self.usage[f"node_{usage_mode}"].astype(np.float32)
+            state["leaf_usage"] = self.usage[f"leaf_{usage_mode}"].astype(np.float32)
+        return state
+
+
+def _to_numpy(value) -> np.ndarray:
+    """A torch tensor (without importing torch) or anything array-like, as a NumPy array."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
