@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validation import check_nonnegative_float, check_positive_float, check_probability
+from .kernels.optim import adam_step
 
 __all__ = ["Optimizer", "SGD", "Adam", "Localized", "LocalSGD", "LocalAdam", "make_optimizer"]
 
@@ -87,6 +88,11 @@ class Adam(Optimizer):
         self.t = {name: np.zeros(p.shape[:1], dtype=np.int64) for name, p in params.items()}
 
     def _update(self, name, param, grad, index):
+        t_all = self.t[name]
+        fusable = isinstance(index, slice) and param.flags.c_contiguous and param.dtype == grad.dtype
+        if fusable and (t_all.size == 0 or t_all.min() == t_all.max()):
+            self._update_all(name, param, grad)
+            return
         if self.weight_decay:
             grad = grad + self.weight_decay * param[index]
         m = self.beta1 * self.m[name][index] + (1 - self.beta1) * grad
@@ -98,6 +104,16 @@ class Adam(Optimizer):
         c1 = (1 - self.beta1 ** t.astype(np.float64)).reshape(shape)
         c2 = (1 - self.beta2 ** t.astype(np.float64)).reshape(shape)
         param[index] -= (self.lr * (m / c1) / (np.sqrt(v / c2) + self.eps)).astype(param.dtype, copy=False)
+
+    def _update_all(self, name, param, grad):
+        """The same update, fused in one pass, when every row is at the same step (the unmasked case)."""
+        t = self.t[name]
+        t += 1
+        step = int(t[0]) if t.size else 1
+        c1, c2 = 1 - self.beta1**step, 1 - self.beta2**step
+        adam_step(param.reshape(-1), np.ascontiguousarray(grad).reshape(-1), self.m[name].reshape(-1),
+                  self.v[name].reshape(-1), self.lr / c1, self.beta1, self.beta2, 1 / np.sqrt(c2), self.eps,
+                  self.weight_decay)
 
 
 class Localized:

@@ -128,3 +128,21 @@ def test_make_optimizer_and_errors():
         Adam(model.params, lr=0)
     with pytest.raises(ValueError, match="local_batch_size"):
         LocalSGD(model.params, model.param_blocks, lr=0.1, local_batch_size=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adam_equals_the_rowwise_numpy_update(dtype):
+    rng = np.random.default_rng(0)
+    start = {"w": rng.normal(size=(4, 3)).astype(dtype), "b": rng.normal(size=4).astype(dtype)}
+    fused = {k: v.copy() for k, v in start.items()}
+    rowwise = {k: v.copy() for k, v in start.items()}
+    a = Adam(fused, lr=0.05, weight_decay=0.1)
+    b = Adam(rowwise, lr=0.05, weight_decay=0.1)
+    every_row = {"w": np.ones(4, bool), "b": np.ones(4, bool)}  # a mask forces the row-wise NumPy path
+    for _ in range(4):
+        grads = {k: rng.normal(size=v.shape).astype(dtype) for k, v in start.items()}
+        a.step(grads)
+        b.step(grads, rows=every_row)
+    for k in start:
+        np.testing.assert_allclose(fused[k], rowwise[k], rtol=1e-5 if dtype == np.float32 else 1e-12)
+        assert not np.allclose(fused[k], start[k])
