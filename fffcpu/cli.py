@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 import numpy as np
 
-__all__ = ["main", "demo"]
+__all__ = ["main", "demo", "load_data", "quick_bench"]
 
 
 def _median_seconds(f, repeats: int = 7) -> float:
@@ -85,23 +86,214 @@ def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdo
     return figures
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fffcpu", description="Fast feedforward networks on the CPU.")
+def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
+    """Training and test sets from a data spec: ``digits``, ``mnist5k``, ``idx:DIR`` or ``npz:FILE``.
+
+    ``idx:DIR`` reads MNIST/Fashion-MNIST files (``train-*`` as training set, ``t10k-*`` as test set when present).
+    ``npz:FILE`` reads arrays ``X`` and ``y`` (and ``X_test``, ``y_test`` when present).
+    Without a separate test set, a stratified ``test_size`` split is taken with ``seed``.
+
+    Returns
+    -------
+    X_train, X_test, y_train, y_test
+    """
+    from . import datasets
+
+    kind, _, arg = spec.partition(":")
+    X_test = y_test = None
+    if kind == "digits" and not arg:
+        X, y = datasets.load_digits()
+    elif kind == "mnist5k" and not arg:
+        X, y = datasets.load_mnist_5k()
+    elif kind == "idx" and arg:
+        X, y = datasets.load_mnist(arg, "train")
+        try:
+            X_test, y_test = datasets.load_mnist(arg, "t10k")
+        except FileNotFoundError:
+            pass
+    elif kind == "npz" and arg:
+        if not os.path.exists(arg):
+            raise FileNotFoundError(f"no such file: {arg!r}")
+        with np.load(arg, allow_pickle=False) as data:
+            if "X" not in data.files or "y" not in data.files:
+                raise ValueError(f"{arg!r} must hold arrays named 'X' and 'y', found {sorted(data.files)}")
+            X, y = data["X"], data["y"]
+            if "X_test" in data.files and "y_test" in data.files:
+                X_test, y_test = data["X_test"], data["y_test"]
+    else:
+        raise ValueError(f"--data must be digits, mnist5k, idx:DIR or npz:FILE, got {spec!r}")
+    if X_test is None:
+        return datasets.train_test_split(X, y, test_size=test_size, seed=seed)
+    return X, X_test, y, y_test
+
+
+def _read_inputs(path: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such input file: {path!r}")
+    if path.endswith(".npy"):
+        return np.load(path, allow_pickle=False)
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as data:
+            if "X" in data.files:
+                return data["X"]
+            if len(data.files) == 1:
+                return data[data.files[0]]
+            raise ValueError(f"{path!r} holds {sorted(data.files)}: name the input array 'X'")
+    raise ValueError(f"inputs must be a .npy or .npz file, got {path!r}")
+
+
+def quick_bench(*, depths=(4, 8, 12), leaf_width: int = 16, batch: int = 256, input_width: int = 784,
+                output_width: int = 10, out=sys.stdout) -> list:
+    """Hard-inference throughput of FFFs against the dense FF of the same training width (float32).
+
+    A quick look; ``make bench`` runs the full, documented benchmark (docs/benchmarks.md).
+    """
+    from . import FF, FFF
+
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, input_width), dtype=np.float32)
+    rows = []
+    print(f"{'depth':>5} {'training width':>14} {'FFF samples/s':>14} {'FF samples/s':>13} {'speedup':>8} "
+          f"{'limit':>6}", file=out)
+    for depth in depths:
+        fff = FFF(input_width, leaf_width, output_width, depth, seed=0)
+        ff = FF(input_width, fff.training_width, output_width, seed=0)
+        fff_rate = batch / _median_seconds(lambda: fff.predict(x), repeats=5)
+        ff_rate = batch / _median_seconds(lambda: ff.predict(x), repeats=3)
+        limit = fff.training_width / fff.inference_size
+        rows.append({"depth": depth, "training_width": fff.training_width, "fff_samples_per_s": fff_rate,
+                     "ff_samples_per_s": ff_rate, "speedup": fff_rate / ff_rate, "limit": limit})
+        print(f"{depth:>5} {fff.training_width:>14,} {fff_rate:>14,.0f} {ff_rate:>13,.0f} "
+              f"{fff_rate / ff_rate:>7.1f}x {limit:>5.0f}x", file=out)
+        del fff, ff
+    return rows
+
+
+def _train_command(args) -> None:
+    from . import FF, FFF, save, train
+    from .train import accuracy
+
+    X_train, X_test, y_train, y_test = load_data(args.data, test_size=args.test_size, seed=args.seed)
+    X_train = np.asarray(X_train).reshape(len(X_train), -1)
+    X_test = np.asarray(X_test).reshape(len(X_test), -1)
+    n_classes = int(max(np.max(y_train), np.max(y_test))) + 1
+    if args.model == "ff":
+        model = FF(X_train.shape[1], args.hidden_width, n_classes, activation=args.activation, seed=args.seed)
+    else:
+        model = FFF(X_train.shape[1], args.leaf_width, n_classes, args.depth, activation=args.activation,
+                    region_leak=args.region_leak, seed=args.seed)
+    if not args.quiet:
+        print(f"{model.summary()}\n{len(X_train)} training and {len(X_test)} test samples", file=sys.stderr)
+    history = train(model, X_train, y_train, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+                    batch_size=args.batch_size, hardening=args.hardening, validation=(X_test, y_test),
+                    seed=args.seed, progress=not args.quiet,
+                    local_batch_size=args.local_batch_size or (args.batch_size if "local" in args.optimizer else None))
+    last = history.last()
+    print(f"train accuracy: soft {last['train_acc_soft']:.4f}, hard {last['train_acc_hard']:.4f}")
+    print(f"test accuracy:  soft {accuracy(model.predict_soft(X_test), y_test):.4f}, "
+          f"hard {accuracy(model.predict(X_test), y_test):.4f}")
+    if args.save:
+        print(f"saved to {save(model, args.save)}")
+
+
+def _predict_command(args) -> None:
+    from . import load
+
+    model = load(args.model)
+    X = _read_inputs(args.inputs)
+    X = X.reshape(len(X), -1) if X.ndim > 2 else X
+    if args.what == "leaves":
+        if not hasattr(model, "route"):
+            raise ValueError(f"{type(model).__name__} has no routes")
+        result = model.route(X)
+    else:
+        result = model.predict(X)
+        if args.what == "labels":
+            result = result.argmax(axis=1)
+    if args.output:
+        np.save(args.output, result)
+        print(f"wrote {args.what} of {len(X)} samples, shape {result.shape}, to {args.output}")
+    else:
+        np.savetxt(sys.stdout, result.reshape(len(result), -1), fmt="%d" if result.dtype.kind == "i" else "%.6g")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fffcpu", description="Fast feedforward networks on the CPU.",
+        epilog="Examples:\n  fffcpu demo\n  fffcpu train --data digits --depth 4 --leaf-width 8 --save m.npz\n"
+               "  fffcpu predict m.npz inputs.npy --output labels.npy\n  fffcpu bench",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="command")
-    p_demo = commands.add_parser("demo", help="train an FF and an FFF on digits and compare accuracy and speed")
-    p_demo.add_argument("--epochs", type=int, default=40, help="training epochs for each model (default 40)")
-    p_demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p_demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = commands.add_parser("demo", help="train an FF and an FFF on digits and compare accuracy and speed")
+    p.add_argument("--epochs", type=_positive_int, default=40, help="training epochs for each model (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = commands.add_parser("train", help="train an FFF (or a dense FF) and optionally save it")
+    p.add_argument("--data", default="digits", help="digits | mnist5k | idx:DIR | npz:FILE (default digits)")
+    p.add_argument("--model", choices=["fff", "ff"], default="fff", help="fff (default) or the dense ff baseline")
+    p.add_argument("--depth", type=int, default=4, help="tree depth (default 4)")
+    p.add_argument("--leaf-width", type=_positive_int, default=8, help="neurons per leaf (default 8)")
+    p.add_argument("--hidden-width", type=_positive_int, default=128, help="width of the dense ff (default 128)")
+    p.add_argument("--activation", default="relu", help="relu | gelu | tanh | sigmoid | identity")
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--lr", type=_positive_float, default=1e-2)
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--optimizer", default="adam", help="adam | sgd | local_adam | local_sgd (default adam)")
+    p.add_argument("--local-batch-size", type=_positive_float, default=None,
+                   help="usage a node/leaf must gather before a localized update (default: the batch size)")
+    p.add_argument("--hardening", type=float, default=10.0, help="weight of the node-entropy term (default 10)")
+    p.add_argument("--region-leak", type=float, default=0.0, help="region leak probability (default 0)")
+    p.add_argument("--test-size", type=float, default=0.25, help="test fraction when the data has no test set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save", metavar="FILE", help="save the trained model (.npz)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = commands.add_parser("predict", help="apply a saved model to inputs in a .npy/.npz file")
+    p.add_argument("model", help="a model saved by 'fffcpu train --save' or fffcpu.save")
+    p.add_argument("inputs", help=".npy file, or .npz with an array 'X'")
+    p.add_argument("--what", choices=["labels", "outputs", "leaves"], default="labels",
+                   help="argmax labels (default), raw outputs, or the leaf each input is routed to")
+    p.add_argument("--output", metavar="FILE", help="write a .npy file instead of printing")
+
+    p = commands.add_parser("bench", help="quick hard-inference speed table against the dense FF")
+    p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 12], help="tree depths (default 4 8 12)")
+    p.add_argument("--leaf-width", type=_positive_int, default=16)
+    p.add_argument("--batch", type=_positive_int, default=256)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
         if args.command == "demo":
-            if args.epochs < 1:
-                parser.error(f"--epochs must be at least 1, got {args.epochs}")
             demo(epochs=args.epochs, seed=args.seed, progress=not args.quiet)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, MemoryError) as err:
+        elif args.command == "train":
+            _train_command(args)
+        elif args.command == "predict":
+            _predict_command(args)
+        elif args.command == "bench":
+            quick_bench(depths=args.depths, leaf_width=args.leaf_width, batch=args.batch)
+    except (ValueError, TypeError, FileNotFoundError, ImportError, MemoryError, OSError) as err:
         print(f"fffcpu {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

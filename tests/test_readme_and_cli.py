@@ -45,6 +45,55 @@ def test_demo_prints_the_comparison_table():
 
 def test_cli_errors_are_one_line_and_nonzero():
     result = run_cli("demo", "--epochs", "0")
-    assert result.returncode != 0 and "--epochs must be at least 1, got 0" in result.stderr
+    assert result.returncode == 2 and "--epochs: must be at least 1, got 0" in result.stderr
     result = run_cli()
     assert result.returncode == 2 and "demo" in result.stdout
+
+
+def test_train_save_predict_end_to_end(tmp_path):
+    import numpy as np
+
+    import fffcpu
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    data = tmp_path / "data.npz"
+    np.savez(data, X=X, y=y)
+    model_path = tmp_path / "m.npz"
+    result = run_cli("train", "--data", f"npz:{data}", "--depth", "2", "--leaf-width", "3", "--epochs", "30",
+                     "--hardening", "5", "--save", str(model_path), "--quiet")
+    assert result.returncode == 0, result.stderr
+    hard_acc = float(re.search(r"test accuracy: +soft [\d.]+, hard ([\d.]+)", result.stdout).group(1))
+    assert hard_acc > 0.85
+    np.save(tmp_path / "x.npy", X[:20])
+    out = tmp_path / "labels.npy"
+    result = run_cli("predict", str(model_path), str(tmp_path / "x.npy"), "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    model = fffcpu.load(model_path)
+    np.testing.assert_array_equal(np.load(out), model.predict(X[:20]).argmax(axis=1))
+    result = run_cli("predict", str(model_path), str(tmp_path / "x.npy"), "--what", "leaves")
+    assert [int(v) for v in result.stdout.split()] == model.route(X[:20]).tolist()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "foo"], "--data must be digits, mnist5k, idx:DIR or npz:FILE, got 'foo'"),
+        (["train", "--data", "npz:/nonexistent.npz"], "no such file"),
+        (["train", "--data", "idx:/nonexistent-dir", "--quiet"], "fffcpu train: error:"),
+        (["train", "--depth", "-1", "--quiet"], "depth must be an integer >= 0, got -1"),
+        (["predict", "/nonexistent.npz", "/nonexistent.npy"], "no such model file"),
+    ],
+)
+def test_cli_bad_input_gives_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bench_prints_a_row_per_depth():
+    result = run_cli("bench", "--depths", "1", "3", "--batch", "8", "--leaf-width", "2")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["1", "3"] and [r[1] for r in rows] == ["4", "16"]
