@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import tree
+from .. import engine, tree
 from .._validation import check_fits_in_memory, check_positive_int, check_probability, format_bytes
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
@@ -181,8 +181,10 @@ class FFF(Model):
             raise ValueError(f"counts must be 'soft' or 'hard', got {counts!r}")
         return {"node": self.batch_usage[f"node_{counts}"], "leaf": self.batch_usage[f"leaf_{counts}"]}
 
-    # --- hard inference (the readable NumPy reference; spec §1) -----------------------------
-    def _route(self, x: np.ndarray) -> np.ndarray:
+    # --- hard inference (spec §1; arXiv 2308.14711 §2) ------------------------------------------
+    # The Numba engine (fffcpu.engine) does the work; the *_reference methods are the readable NumPy version
+    # of the same computation, kept for the tests.
+    def _route_reference(self, x: np.ndarray) -> np.ndarray:
         """Walk each sample from the root: go right iff ``w_node·x + b_node >= 0``. Returns leaf ids (int64)."""
         w, b = self.params["node_weights"], self.params["node_biases"]
         node = np.zeros(len(x), dtype=np.int64)
@@ -191,7 +193,7 @@ class FFF(Model):
             node = 2 * node + 1 + (logit >= 0)
         return node - self.n_nodes
 
-    def _hard_outputs(self, x: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+    def _hard_outputs_reference(self, x: np.ndarray, leaves: np.ndarray) -> np.ndarray:
         """Output of leaf ``leaves[b]`` for each sample b, b2 included; samples are grouped by leaf."""
         w1s, b1s, w2s, b2s = (self.params[k] for k in ("w1s", "b1s", "w2s", "b2s"))
         y = np.empty((len(x), self.output_width), dtype=self.dtype)
@@ -202,35 +204,52 @@ class FFF(Model):
             y[rows] = hidden @ w2s[leaf] + b2s[leaf]
         return y
 
-    def route(self, x) -> np.ndarray:
-        """Leaf reached by each sample under hard routing.
+    def _hard_outputs(self, x: np.ndarray, leaves: np.ndarray) -> np.ndarray:
+        """Output of leaf ``leaves[b]`` for each sample b, b2 included, with the same kernel as ``predict``.
+
+        Hard training (``train_hardened``) calls this, so hard training forward and ``predict`` agree bit for bit.
+        """
+        return engine.leaf_outputs(x, leaves, self.params, self.activation)
+
+    def route(self, x, *, n_jobs=None) -> np.ndarray:
+        """Leaf reached by each sample under hard routing (logit >= 0 goes right; a NaN logit goes left).
 
         Parameters
         ----------
         x : array-like, shape (n, input_width)
+        n_jobs : int or None
+            Numba threads for this call (None: the current ``numba.get_num_threads()``; -1: all).
 
         Returns
         -------
         ndarray of int64, shape (n,), values in [0, 2**depth)
         """
-        return self._route(self._check_x(x))
+        x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
+        return engine.route(x, self.params["node_weights"], self.params["node_biases"], self.depth, n_jobs=n_jobs)
 
-    def predict(self, x) -> np.ndarray:
+    def predict(self, x, *, n_jobs=None) -> np.ndarray:
         """Hard inference (§2): route each sample to one leaf and evaluate that leaf only, b2 included.
 
-        NaN in ``x`` is not checked (it costs a pass over the data): a NaN logit compares false with 0,
-        so the sample goes left, and its output is NaN.
+        Runs on the Numba engine (``fffcpu.engine``): serial for small batches, samples grouped by leaf for
+        large ones; every path gives the same bits. Allocates O(n · output_width) beyond the output, never an
+        (n, 2**depth) array; a batch that would not fit in memory raises ``MemoryError`` before allocating.
+
+        NaN/Inf in ``x`` is not checked (it costs a pass over the data): a NaN logit compares false with 0,
+        so the sample goes left at that node, and its output is NaN (Inf inputs give ±Inf or NaN logits and
+        outputs, routed by the same rule).
 
         Parameters
         ----------
         x : array-like, shape (n, input_width)
+        n_jobs : int or None
+            Numba threads for this call (None: the current ``numba.get_num_threads()``; -1: all).
 
         Returns
         -------
         ndarray, shape (n, output_width), the model's dtype
         """
-        x = self._check_x(x)
-        return self._hard_outputs(x, self._route(x))
+        x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
+        return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs)
 
     def predict_soft(self, x, *, chunk_size: int = 4096) -> np.ndarray:
         """The soft (training) mixture over all leaves, without region leak and without caching.
@@ -302,8 +321,8 @@ class FFF(Model):
         w1_flat = p["w1s"].transpose(1, 0, 2).reshape(self.input_width, self.training_width)
         pre = x @ w1_flat + p["b1s"].reshape(-1)  # (n, n_leaves * ℓ)
         hidden = self._act(pre)
-        mixture_per_neuron = np.repeat(mixture, width, axis=1)  # (n, n_leaves * ℓ)
-        mixed_hidden = hidden * mixture_per_neuron
+        # Each leaf's neurons scaled by that leaf's mixture weight (broadcast over an (n, leaves, ℓ) view).
+        mixed_hidden = (hidden.reshape(n, self.n_leaves, width) * mixture[:, :, None]).reshape(n, self.training_width)
         y = mixed_hidden @ p["w2s"].reshape(self.training_width, self.output_width) + mixture @ p["b2s"]
         if hard:
             # The same leaf evaluation as predict, so hard training forward and hard inference agree exactly.
@@ -311,7 +330,7 @@ class FFF(Model):
             y = self._hard_outputs(x, leaves)
         return {
             "x": x, "logits": logits, "right": right, "flips": flips, "reach_levels": reach_levels,
-            "w1_flat": w1_flat, "pre": pre, "hidden": hidden, "mixture_per_neuron": mixture_per_neuron,
+            "w1_flat": w1_flat, "pre": pre, "hidden": hidden,
             "mixed_hidden": mixed_hidden, "y": y,
         }
 
@@ -382,7 +401,8 @@ class FFF(Model):
         grads["b2s"][...] = mixture.T @ g
         grads["w2s"][...] = (c["mixed_hidden"].T @ g).reshape(grads["w2s"].shape)
         d_mixed = g @ w2_flat.T  # ∂L/∂(c·hidden), (n, n_leaves * ℓ)
-        d_pre = d_mixed * c["mixture_per_neuron"] * self._act_grad(c["pre"])
+        d_pre = (d_mixed.reshape(n, self.n_leaves, width) * mixture[:, :, None]).reshape(n, self.training_width)
+        d_pre *= self._act_grad(c["pre"])
         w1_grad = (x.T @ d_pre).reshape(self.input_width, self.n_leaves, width)
         grads["w1s"][...] = w1_grad.transpose(1, 0, 2)
         grads["b1s"][...] = d_pre.sum(axis=0).reshape(self.n_leaves, width)

@@ -1,0 +1,285 @@
+"""The hard-inference engine: validates and converts arrays, picks a Numba kernel by batch size, controls threads.
+
+This is the public face of ``fffcpu.kernels`` (stumpy-style: the kernels take only arrays and scalars;
+everything a user can get wrong is checked here). ``FFF.predict`` and ``FFF.route`` call it; the readable
+NumPy version of the same computation is ``FFF._route_reference`` / ``FFF._hard_outputs_reference``.
+
+Paths (``method=``), all giving the same bits for the same sample:
+
+``"serial"``
+    one sample after the other on the calling thread: route, then evaluate that sample's leaf. The
+    parallel launch costs more than the work at batch 1 (a few microseconds), so small batches go here.
+``"parallel"``
+    the same per-sample work, samples split into contiguous chunks over the Numba threads.
+``"grouped"``
+    route all samples in parallel, sort them by leaf (stable), and evaluate each leaf once for tiles of up
+    to ``kernels.fff.TILE`` of its samples, so that a weight row read from memory serves every sample of the
+    tile. Wins once several samples share a leaf.
+``"auto"``
+    serial below ``SERIAL_MAX`` samples or with one thread, grouped from ``GROUPED_MIN`` samples, parallel
+    in between.
+
+Memory: beyond the output (n, output_width), a call allocates O(n) integers (leaves, sort order, tiles)
+and per-thread scratch of O(TILE · leaf_width); never an (n, 2**depth) array. A batch whose output and
+bookkeeping would not fit in physical memory is refused before anything is allocated.
+
+Threads: ``n_jobs`` sets the Numba thread count for the call (``numba.set_num_threads``, restored
+afterwards; the setting is per calling thread, so concurrent calls do not disturb each other). The kernels
+call no BLAS (their inner products are Numba/LLVM vector code), so BLAS threads never multiply Numba's; but
+OpenBLAS (pthreads) and Numba's OpenMP pool both spin-wait briefly after work, so alternating large NumPy
+matmuls and large ``predict`` calls with both pools at full size can oversubscribe the cores: cap one of them
+(``threadpoolctl.threadpool_limits`` or ``n_jobs``) when mixing them in a tight loop. Parallel launches are serialised by a lock (the
+``workqueue`` threading layer does not support concurrent launches); serial kernels release the GIL and
+run concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import numba
+import numpy as np
+
+from ._validation import check_fits_in_memory
+from .kernels import fff as _k
+
+__all__ = ["METHODS", "SERIAL_MAX", "GROUPED_MIN", "resolve_n_jobs", "num_threads", "route", "predict",
+           "leaf_outputs", "choose_method", "refuse_huge_batch", "threading_layer", "warmup"]
+
+METHODS = ("auto", "serial", "parallel", "grouped")
+#: Batches up to this size run on the calling thread ("serial").
+SERIAL_MAX = 16
+#: Batches from this size are sorted by leaf ("grouped").
+GROUPED_MIN = 128
+
+_PARALLEL_LOCK = threading.RLock()
+_SMALL_BATCH_BYTES = 1 << 28  # batches below this size are not checked against physical memory
+
+
+# --- threads ----------------------------------------------------------------------------------
+
+
+def resolve_n_jobs(n_jobs) -> int:
+    """Number of Numba threads for ``n_jobs``: None = the current setting, -1 = all, -k = all but k - 1.
+
+    Values above ``numba.config.NUMBA_NUM_THREADS`` (the size of Numba's pool) are clipped to it.
+    """
+    limit = numba.config.NUMBA_NUM_THREADS
+    if n_jobs is None:
+        return numba.get_num_threads()
+    if isinstance(n_jobs, (bool, np.bool_)) or not isinstance(n_jobs, (int, np.integer)):
+        raise TypeError(f"n_jobs must be None or a nonzero integer, got {n_jobs!r}")
+    n_jobs = int(n_jobs)
+    if n_jobs == 0:
+        raise ValueError("n_jobs must be None, a positive thread count, or negative (-1 = all threads), got 0")
+    if n_jobs < 0:
+        return max(1, limit + 1 + n_jobs)
+    return min(n_jobs, limit)
+
+
+@contextmanager
+def num_threads(n_jobs):
+    """Context manager: Numba uses ``resolve_n_jobs(n_jobs)`` threads inside, the previous count after."""
+    n = resolve_n_jobs(n_jobs)
+    old = numba.get_num_threads()
+    if n == old:
+        yield n
+        return
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(old)
+
+
+def threading_layer() -> str:
+    """The Numba threading layer in use ("omp", "tbb", "workqueue"), or the configured one if no parallel
+    kernel has run yet (e.g. "default")."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return f"{numba.config.THREADING_LAYER} (not started yet)"
+
+
+# --- argument handling ------------------------------------------------------------------------
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return method
+
+
+def choose_method(n: int, threads: int) -> str:
+    """The path ``method="auto"`` takes for a batch of ``n`` samples with ``threads`` Numba threads."""
+    if n <= SERIAL_MAX or threads <= 1:
+        return "serial" if n < GROUPED_MIN else "grouped"
+    return "grouped" if n >= GROUPED_MIN else "parallel"
+
+
+def _contiguous(x: np.ndarray, dtype) -> np.ndarray:
+    """``x`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(x, dtype=dtype)
+
+
+def refuse_huge_batch(x, input_width: int, dtype, output_width: int):
+    """``np.asarray(x)``, after refusing (``MemoryError``) a batch whose converted input, output and
+    bookkeeping would not fit in physical memory. Shape and dtype errors are left to the model's checks."""
+    arr = np.asarray(x)
+    if arr.ndim == 2 and arr.shape[1] == input_width and arr.dtype.kind in "fiub":
+        n, itemsize = arr.shape[0], np.dtype(dtype).itemsize
+        per_sample = output_width * itemsize + 4 * 8  # output + leaves, order, tile starts and leaves
+        if arr.dtype != dtype or not arr.flags.c_contiguous:
+            per_sample += input_width * itemsize  # the converted copy of x
+        if float(n) * per_sample > _SMALL_BATCH_BYTES:  # (asking the OS for its memory size costs ~1 µs)
+            check_fits_in_memory(float(n) * per_sample, f"hard inference on {n:,} samples")
+    return arr
+
+
+def _chunks(n_items: int, threads: int) -> int:
+    """Contiguous chunks for a parallel loop: a few per thread for balance, never more than the items."""
+    return max(1, min(n_items, 4 * threads))
+
+
+# --- public functions ---------------------------------------------------------------------------
+
+
+def route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: str = "auto") -> np.ndarray:
+    """Leaf id (int64, shape (n,)) of every row of ``x`` under hard routing (logit >= 0 goes right).
+
+    ``x`` must already have ``node_weights.shape[1]`` columns; it is made C-contiguous in the parameters' dtype.
+    """
+    _check_method(method)
+    x = _contiguous(x, node_weights.dtype)
+    n = x.shape[0]
+    leaves = np.empty(n, dtype=np.int64)
+    if n == 0:
+        return leaves
+    if depth == 0:
+        leaves[:] = 0
+        return leaves
+    if method == "serial" or (method == "auto" and n <= SERIAL_MAX):
+        _k._route_serial(x, node_weights, node_biases, depth, leaves)
+        return leaves
+    with num_threads(n_jobs) as threads:
+        if method == "auto":
+            method = "serial" if threads <= 1 else "parallel"
+        if method == "serial":
+            _k._route_serial(x, node_weights, node_biases, depth, leaves)
+        else:
+            with _PARALLEL_LOCK:
+                _k._route_parallel(x, node_weights, node_biases, depth, leaves)
+    return leaves
+
+
+def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method: str = "auto") -> np.ndarray:
+    """Hard FFF output (n, output_width): route each row of ``x``, evaluate that leaf, b2 included.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, input_width)
+    params : dict
+        ``node_weights`` (2**d - 1, in), ``node_biases`` (2**d - 1,), ``w1s`` (2**d, in, ℓ), ``b1s`` (2**d, ℓ),
+        ``w2s`` (2**d, ℓ, out), ``b2s`` (2**d, out), all of one dtype and C-contiguous.
+    depth : int
+    activation : str
+        A key of ``kernels.fff.ACTIVATION_CODES``.
+    n_jobs : int or None
+    method : {"auto", "serial", "parallel", "grouped"}
+    """
+    _check_method(method)
+    nw, nb, w1s, b1s, w2s, b2s = _param_arrays(params)
+    x = _contiguous(x, w1s.dtype)
+    n, act = x.shape[0], _k.ACTIVATION_CODES[activation]
+    out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
+    if n == 0:
+        return out
+    if method == "serial" or (method == "auto" and n <= SERIAL_MAX):  # the batch-1 fast path: no thread query
+        _k._predict_serial(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out)
+        return out
+    with num_threads(n_jobs) as threads:
+        if method == "auto":
+            method = choose_method(n, threads)
+        if method == "serial":
+            _k._predict_serial(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out)
+        elif method == "parallel":
+            with _PARALLEL_LOCK:
+                _k._predict_parallel(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out, _chunks(n, threads))
+        else:
+            leaves = route(x, nw, nb, depth, method="parallel" if threads > 1 else "serial")
+            _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)
+    return out
+
+
+def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, method: str = "auto") -> np.ndarray:
+    """Output (n, output_width) of leaf ``leaves[b]`` for each row ``b`` of ``x``, b2 included.
+
+    The same arithmetic as ``predict`` (bit for bit), for leaves chosen elsewhere (hard training, region leak).
+    """
+    _check_method(method)
+    _, _, w1s, b1s, w2s, b2s = _param_arrays(params)
+    x = _contiguous(x, w1s.dtype)
+    leaves = np.ascontiguousarray(leaves, dtype=np.int64)
+    n, act = x.shape[0], _k.ACTIVATION_CODES[activation]
+    if leaves.shape != (n,):
+        raise ValueError(f"leaves must have shape ({n},), got {leaves.shape}")
+    if n and (leaves.min() < 0 or leaves.max() >= w1s.shape[0]):
+        raise ValueError(f"leaf ids must be in [0, {w1s.shape[0]}), got [{leaves.min()}, {leaves.max()}]")
+    out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
+    if n == 0:
+        return out
+    with num_threads(n_jobs) as threads:
+        if method == "auto":
+            method = choose_method(n, threads)
+        if method == "serial" or (method == "parallel" and threads <= 1):
+            _k._eval_leaves_serial(x, leaves, w1s, b1s, w2s, b2s, act, out)
+        else:  # with given leaves, "parallel" and "grouped" both go through the leaf-sorted tiles
+            _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)
+    return out
+
+
+def _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
+    order = np.argsort(leaves, kind="stable")
+    starts, tile_leaf = _k._make_tiles(leaves, order, _k.TILE)
+    if threads <= 1:
+        _k._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out)
+    else:
+        with _PARALLEL_LOCK:
+            _k._eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out,
+                                    _chunks(len(tile_leaf), threads))
+
+
+def _param_arrays(params: dict):
+    # No checks here (this is on the batch-1 path): the kernels refuse, at typing time, arrays that are not
+    # C-contiguous or not of one dtype, and the models create their parameters that way.
+    return (params["node_weights"], params["node_biases"], params["w1s"], params["b1s"], params["w2s"], params["b2s"])
+
+
+# --- warm-up --------------------------------------------------------------------------------------
+
+
+def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
+    """Compile (or load from Numba's cache) every hard-inference kernel on tiny inputs.
+
+    Call it once at start-up (the demo and the notebooks do) so that the first real ``predict`` does not pay
+    for compilation. With the on-disk cache warm this takes a fraction of a second.
+    """
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        dt = np.dtype(dtype)
+        d, n_in, width, n_out = 1, 3, 2, 2
+        params = {
+            "node_weights": rng.normal(size=(1, n_in)).astype(dt),
+            "node_biases": np.zeros(1, dt),
+            "w1s": rng.normal(size=(2, n_in, width)).astype(dt),
+            "b1s": np.zeros((2, width), dt),
+            "w2s": rng.normal(size=(2, width, n_out)).astype(dt),
+            "b2s": np.zeros((2, n_out), dt),
+        }
+        x = rng.normal(size=(4, n_in)).astype(dt)
+        methods = ("serial", "parallel", "grouped") if parallel else ("serial",)
+        for method in methods:
+            predict(x, params, d, "relu", method=method)
+            leaves = route(x, params["node_weights"], params["node_biases"], d, method=method if method != "grouped" else "parallel")
+            leaf_outputs(x, leaves, params, "relu", method=method)

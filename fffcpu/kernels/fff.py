@@ -1,0 +1,457 @@
+"""Numba kernels for FFF hard inference (arXiv 2308.14711 §2, "hard" FFF): routing and leaf evaluation.
+
+Private ``@njit`` kernels that take only arrays and scalars (validated and converted by the caller,
+``fffcpu.engine``); the readable NumPy reference is ``FFF._route_reference`` / ``FFF._hard_outputs_reference``
+and the per-sample one is ``tests/naive.py``.
+
+Conventions (spec §1): heap-ordered nodes, children ``2i + 1`` (left) and ``2i + 2`` (right); a sample goes
+right iff its logit ``w_i·x + b_i >= 0`` (a logit of exactly 0 goes right, a NaN logit goes left).
+
+Arithmetic is fixed so that every kernel gives the same bits for the same sample, whichever path the
+dispatcher picks and however samples are grouped or split across threads:
+
+* a node logit is ``_dot(x, w_i)`` (16-lane vector partial sums in a fixed order, see ``_dot``) plus ``b_i``;
+* a leaf hidden unit is ``act(((p0 + p1) + (p2 + p3)) + b1[j])`` where ``p_r = Σ_{i ≡ r (mod 4)} x_i w1[i, j]``
+  is accumulated in increasing ``i`` (four interleaved partial sums, so that a single sample has four
+  independent dependency chains);
+* an output is ``(Σ_j h_j w2[j, k]) + b2[k]`` accumulated in increasing ``j``.
+
+No ``fastmath`` anywhere: routing ties must match the reference, and contraction into FMA would make the
+bits depend on the inlining context.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["ACTIVATION_CODES", "TILE", "WIDE", "LANES"]
+
+#: Activation names of ``fffcpu.functional`` → the integer code the kernels branch on.
+ACTIVATION_CODES = {"identity": 0, "relu": 1, "gelu": 2, "tanh": 3, "sigmoid": 4}
+
+#: Samples of one leaf evaluated together (they share every weight row load).
+TILE = 8
+#: Leaves at least this wide are evaluated with long vectorized rows instead of 16-unit blocks.
+WIDE = 256
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+# --- SIMD building blocks -----------------------------------------------------------------------
+# Numba's loop vectorizer does not vectorize loops of 16 iterations (it wants 64+) and its SLP vectorizer
+# is off, so the two hot inner products are written as LLVM vector IR. Every lane is an ordinary IEEE
+# multiply followed by an add (no FMA contraction, no reassociation): the order of operations is the one
+# written here, identical in every kernel that calls these blocks.
+
+LANES = 16
+
+
+def _same_c_arrays(*arrays):
+    return all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == arrays[0].dtype for a in arrays)
+
+
+def _intp_args(context, builder, signature, args, indices):
+    return [context.cast(builder, args[k], signature.args[k], types.intp) for k in indices]
+
+
+def _splat(builder, value, vty):
+    undef = ir.Constant(vty, ir.Undefined)
+    one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
+
+
+def _make_hidden_block(n_samples):
+    """Intrinsic ``block(x, rows, start, w, woff, out, ooff, ostride)``: 16 hidden pre-activations (no bias)
+    for the ``n_samples`` samples ``rows[start:start + n_samples]``.
+
+    For sample t and lane j: ``out[ooff + t*ostride + j] = (p0 + p1) + (p2 + p3)`` with
+    ``p_r = Σ_{i ≡ r mod 4} x[row_t, i] * w[woff + i*wstride + j]`` accumulated in increasing i, where
+    ``wstride`` is ``w.shape[-1]`` (the leaf width) and ``x`` is C-contiguous (n, n_in). One load of a weight
+    row segment serves all the samples.
+    """
+
+    @intrinsic
+    def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride):
+        if not _same_c_arrays(x, w, out):
+            return None  # a typing error: the raw-pointer code below needs C-contiguous arrays of one dtype
+        sig = types.void(x, rows, start, w, woff, out, ooff, ostride)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            xa = context.make_array(tys[0])(context, builder, args[0])
+            ra = context.make_array(tys[1])(context, builder, args[1])
+            wa = context.make_array(tys[3])(context, builder, args[3])
+            oa = context.make_array(tys[5])(context, builder, args[5])
+            start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
+            intp = context.get_value_type(types.intp)
+            n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
+            wshape = cgutils.unpack_tuple(builder, wa.shape, tys[3].ndim)
+            wstride = wshape[-1]
+            elt = context.get_data_type(tys[0].dtype)
+            vty = ir.VectorType(elt, LANES)
+            align = tys[0].dtype.bitwidth // 8
+            zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
+            xbase = []
+            for t in range(n_samples):
+                row = builder.load(builder.gep(ra.data, [builder.add(start_, ir.Constant(intp, t))]))
+                xbase.append(builder.mul(context.cast(builder, row, tys[1].dtype, types.intp), n_in))
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n_samples)]
+
+            def step(i, r):
+                wp = builder.gep(wa.data, [builder.add(woff_, builder.mul(i, wstride))])
+                wv = builder.load(builder.bitcast(wp, vty.as_pointer()), align=align)
+                for t in range(n_samples):
+                    xv = builder.load(builder.gep(xa.data, [builder.add(xbase[t], i)]))
+                    acc = accs[t][r]
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(_splat(builder, xv, vty), wv)), acc)
+
+            four = ir.Constant(intp, 4)
+            n4 = builder.mul(builder.sdiv(n_in, four), four)
+            with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n4, four, intp) as (i, _):
+                for r in range(4):
+                    step(builder.add(i, ir.Constant(intp, r)), r)
+            rem = builder.sub(n_in, n4)
+            for r in range(3):
+                with builder.if_then(builder.icmp_signed(">", rem, ir.Constant(intp, r))):
+                    step(builder.add(n4, ir.Constant(intp, r)), r)
+            for t in range(n_samples):
+                a = [builder.load(accs[t][r]) for r in range(4)]
+                total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+                op = builder.gep(oa.data, [builder.add(ooff_, builder.mul(ir.Constant(intp, t), ostride_))])
+                builder.store(total, builder.bitcast(op, vty.as_pointer()), align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return hidden_block
+
+
+_hidden_block1 = _make_hidden_block(1)
+_hidden_block4 = _make_hidden_block(4)
+
+
+def _dot_codegen(context, builder, aa, ba, aoff_, boff_, n_, dtype):
+    """IR of one dot product in the fixed order documented on ``_dot``; returns the scalar value."""
+    intp = context.get_value_type(types.intp)
+    elt = context.get_data_type(dtype)
+    vty = ir.VectorType(elt, LANES)
+    align = dtype.bitwidth // 8
+    zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
+    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+    block = ir.Constant(intp, 4 * LANES)
+    n64 = builder.mul(builder.sdiv(n_, block), block)
+    with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n64, block, intp) as (i, _):
+        for q in range(4):
+            off = builder.add(i, ir.Constant(intp, q * LANES))
+            av = builder.load(builder.bitcast(builder.gep(aa.data, [builder.add(aoff_, off)]), vty.as_pointer()), align=align)
+            bv = builder.load(builder.bitcast(builder.gep(ba.data, [builder.add(boff_, off)]), vty.as_pointer()), align=align)
+            builder.store(builder.fadd(builder.load(accs[q]), builder.fmul(av, bv)), accs[q])
+    q = [builder.load(acc) for acc in accs]
+    v = builder.fadd(builder.fadd(q[0], q[1]), builder.fadd(q[2], q[3]))
+    lanes = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(LANES)]
+    while len(lanes) > 1:
+        lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
+    total = cgutils.alloca_once_value(builder, lanes[0])
+    with cgutils.for_range_slice(builder, n64, n_, ir.Constant(intp, 1), intp) as (i, _):
+        x = builder.load(builder.gep(aa.data, [builder.add(aoff_, i)]))
+        y = builder.load(builder.gep(ba.data, [builder.add(boff_, i)]))
+        builder.store(builder.fadd(builder.load(total), builder.fmul(x, y)), total)
+    return builder.load(total)
+
+
+@intrinsic
+def _dot(typingctx, a, aoff, b, boff, n):
+    """``Σ_i a[aoff + i] * b[boff + i]`` over i < n, in a fixed order: lane k of four 16-lane accumulators
+    sums the i ≡ k (mod 16) of successive 64-element blocks; the accumulators combine as (q0+q1)+(q2+q3),
+    the lanes as a pairwise tree, and the remaining n mod 64 products are added one by one at the end."""
+    if not _same_c_arrays(a, b):
+        return None
+    sig = a.dtype(a, aoff, b, boff, n)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        aa = context.make_array(tys[0])(context, builder, args[0])
+        ba = context.make_array(tys[2])(context, builder, args[2])
+        aoff_, boff_, n_ = _intp_args(context, builder, signature, args, (1, 3, 4))
+        return _dot_codegen(context, builder, aa, ba, aoff_, boff_, n_, tys[0].dtype)
+
+    return sig, codegen
+
+
+@intrinsic
+def _dot_pair(typingctx, a, aoff0, boff0, aoff1, boff1, b, n):
+    """Two ``_dot`` products (same bits as two calls), emitted one after the other in one block so that the
+    CPU overlaps their memory accesses: ``(a[aoff0:]·b[boff0:], a[aoff1:]·b[boff1:])`` over n elements."""
+    if not _same_c_arrays(a, b):
+        return None
+    sig = types.UniTuple(a.dtype, 2)(a, aoff0, boff0, aoff1, boff1, b, n)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        aa = context.make_array(tys[0])(context, builder, args[0])
+        ba = context.make_array(tys[5])(context, builder, args[5])
+        a0, b0, a1, b1, n_ = _intp_args(context, builder, signature, args, (1, 2, 3, 4, 6))
+        v0 = _dot_codegen(context, builder, aa, ba, a0, b0, n_, tys[0].dtype)
+        v1 = _dot_codegen(context, builder, aa, ba, a1, b1, n_, tys[0].dtype)
+        return context.make_tuple(builder, signature.return_type, [v0, v1])
+
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True)
+def _activate(z, code):
+    """One activation value; ``code`` from ``ACTIVATION_CODES``. ReLU keeps NaN (as ``np.maximum``)."""
+    if code == 1:
+        return z if not z < 0 else z * 0
+    if code == 0:
+        return z
+    if code == 2:
+        return z * (0.5 * (1.0 + math.erf(z * _INV_SQRT2)))
+    if code == 3:
+        return math.tanh(z)
+    # sigmoid, without overflow: exp only ever sees -|z|
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, nogil=True)
+def _route_one(x, s, node_weights, node_biases, depth):
+    """Leaf id reached by sample ``x[s]``: ``depth`` dot products down the heap-ordered tree."""
+    n_in = x.shape[1]
+    node = 0
+    for _ in range(depth):
+        logit = _dot(x, s * n_in, node_weights, node * n_in, n_in) + node_biases[node]
+        node = 2 * node + 1 + (1 if logit >= 0 else 0)  # NaN compares false: left
+    return node - ((1 << depth) - 1)
+
+
+@njit(cache=True, nogil=True)
+def _route_pair(x, s0, s1, node_weights, node_biases, depth, leaves):
+    """``_route_one`` for samples s0 and s1 walked in lockstep (their memory accesses overlap)."""
+    n_in = x.shape[1]
+    node0 = 0
+    node1 = 0
+    for _ in range(depth):
+        z0, z1 = _dot_pair(x, s0 * n_in, node0 * n_in, s1 * n_in, node1 * n_in, node_weights, n_in)
+        node0 = 2 * node0 + 1 + (1 if z0 + node_biases[node0] >= 0 else 0)
+        node1 = 2 * node1 + 1 + (1 if z1 + node_biases[node1] >= 0 else 0)
+    leaves[s0] = node0 - ((1 << depth) - 1)
+    leaves[s1] = node1 - ((1 << depth) - 1)
+
+
+@njit(cache=True, nogil=True)
+def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, out):
+    """Outputs of ``leaf`` for the samples ``order[start:stop]`` (at most ``TILE``), written to their rows of ``out``.
+
+    ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
+    per-thread scratch; nothing outside the tile's own output rows is written. Narrow leaves go through the
+    16-lane blocks, wide ones through loops long enough for Numba's own vectorizer; both sum in the order of
+    the module docstring.
+    """
+    n_in = x.shape[1]
+    width = w1s.shape[2]
+    n_out = w2s.shape[2]
+    count = stop - start
+    n_in4 = n_in - n_in % 4
+    if width < WIDE:
+        w16 = width - width % LANES
+        leaf_off = leaf * n_in * width
+        for jb in range(0, w16, LANES):
+            t = 0
+            while t + 4 <= count:
+                _hidden_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width)
+                t += 4
+            while t < count:
+                _hidden_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width)
+                t += 1
+        if w16 < width:  # the last width % 16 units, one at a time, same arithmetic as the blocks
+            hid[0, w16] = 0
+            zero = hid[0, w16]
+            for t in range(count):
+                s = order[start + t]
+                for j in range(w16, width):
+                    p0 = zero
+                    p1 = zero
+                    p2 = zero
+                    p3 = zero
+                    for i in range(0, n_in4, 4):
+                        p0 += x[s, i] * w1s[leaf, i, j]
+                        p1 += x[s, i + 1] * w1s[leaf, i + 1, j]
+                        p2 += x[s, i + 2] * w1s[leaf, i + 2, j]
+                        p3 += x[s, i + 3] * w1s[leaf, i + 3, j]
+                    if n_in4 < n_in:
+                        p0 += x[s, n_in4] * w1s[leaf, n_in4, j]
+                    if n_in4 + 1 < n_in:
+                        p1 += x[s, n_in4 + 1] * w1s[leaf, n_in4 + 1, j]
+                    if n_in4 + 2 < n_in:
+                        p2 += x[s, n_in4 + 2] * w1s[leaf, n_in4 + 2, j]
+                    hid[t, j] = (p0 + p1) + (p2 + p3)
+    else:
+        for r in range(4):
+            for t in range(count):
+                pr = part[r, t]
+                for j in range(width):
+                    pr[j] = 0
+        for i in range(n_in):
+            wr = w1s[leaf, i]
+            r = i % 4
+            for t in range(count):
+                xv = x[order[start + t], i]
+                pr = part[r, t]
+                for j in range(width):
+                    pr[j] += xv * wr[j]
+        for t in range(count):
+            p0 = part[0, t]
+            p1 = part[1, t]
+            p2 = part[2, t]
+            p3 = part[3, t]
+            h = hid[t]
+            for j in range(width):
+                h[j] = (p0[j] + p1[j]) + (p2[j] + p3[j])
+    for t in range(count):
+        h = hid[t]
+        for j in range(width):
+            h[j] = _activate(h[j] + b1s[leaf, j], act)
+        y = out[order[start + t]]
+        for k in range(n_out):
+            y[k] = 0
+        for j in range(width):
+            hj = h[j]
+            w2row = w2s[leaf, j]
+            for k in range(n_out):
+                y[k] += hj * w2row[k]
+        for k in range(n_out):
+            y[k] += b2s[leaf, k]
+
+
+@njit(cache=True, nogil=True)
+def _scratch(dtype_like, tile, width):
+    """Per-thread scratch of ``_eval_tile`` for tiles of up to ``tile`` samples."""
+    if width >= WIDE:
+        part = np.empty((4, tile, width), dtype=dtype_like.dtype)
+    else:
+        part = np.empty((4, 1, 1), dtype=dtype_like.dtype)
+    hid = np.empty((tile, width), dtype=dtype_like.dtype)
+    return part, hid
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _route_serial(x, node_weights, node_biases, depth, leaves):
+    n = x.shape[0]
+    for p in range(n // 2):
+        _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves)
+    if n % 2:
+        leaves[n - 1] = _route_one(x, n - 1, node_weights, node_biases, depth)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _route_parallel(x, node_weights, node_biases, depth, leaves):
+    n = x.shape[0]
+    for p in prange(n // 2):
+        _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves)
+    if n % 2:
+        leaves[n - 1] = _route_one(x, n - 1, node_weights, node_biases, depth)
+
+
+# --- per-sample prediction (route, then the sample's own leaf) ---------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _predict_serial(x, node_weights, node_biases, w1s, b1s, w2s, b2s, depth, act, out):
+    """One sample at a time, on the calling thread: the fast path for small batches."""
+    width = w1s.shape[2]
+    part, hid = _scratch(x, 1, width)
+    index = np.empty(1, dtype=np.int64)
+    for s in range(x.shape[0]):
+        leaf = _route_one(x, s, node_weights, node_biases, depth)
+        index[0] = s
+        _eval_tile(x, index, 0, 1, leaf, w1s, b1s, w2s, b2s, act, part, hid, out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _predict_parallel(x, node_weights, node_biases, w1s, b1s, w2s, b2s, depth, act, out, n_chunks):
+    """Samples split into ``n_chunks`` contiguous chunks run in parallel; each chunk owns its output rows."""
+    n = x.shape[0]
+    width = w1s.shape[2]
+    for c in prange(n_chunks):
+        lo = c * n // n_chunks
+        hi = (c + 1) * n // n_chunks
+        part, hid = _scratch(x, 1, width)
+        index = np.empty(1, dtype=np.int64)
+        for s in range(lo, hi):
+            leaf = _route_one(x, s, node_weights, node_biases, depth)
+            index[0] = s
+            _eval_tile(x, index, 0, 1, leaf, w1s, b1s, w2s, b2s, act, part, hid, out)
+
+
+# --- evaluation of given leaves (grouped: samples sorted by leaf, tiles of one leaf) -----------
+
+
+@njit(cache=True, nogil=True)
+def _make_tiles(leaves, order, tile):
+    """Split the leaf-sorted sample order into tiles of at most ``tile`` samples of one leaf.
+
+    Returns ``starts`` (n_tiles + 1,) into ``order`` and ``tile_leaf`` (n_tiles,).
+    """
+    n = order.shape[0]
+    starts = np.empty(n + 1, dtype=np.int64)
+    tile_leaf = np.empty(n, dtype=np.int64)
+    n_tiles = 0
+    s = 0
+    while s < n:
+        leaf = leaves[order[s]]
+        e = s + 1
+        while e < n and e - s < tile and leaves[order[e]] == leaf:
+            e += 1
+        starts[n_tiles] = s
+        tile_leaf[n_tiles] = leaf
+        n_tiles += 1
+        s = e
+    starts[n_tiles] = n
+    return starts[:n_tiles + 1].copy(), tile_leaf[:n_tiles].copy()
+
+
+@njit(cache=True, nogil=True)
+def _eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out):
+    width = w1s.shape[2]
+    part, hid = _scratch(x, TILE, width)
+    for q in range(tile_leaf.shape[0]):
+        _eval_tile(x, order, starts[q], starts[q + 1], tile_leaf[q], w1s, b1s, w2s, b2s, act, part, hid, out)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out, n_chunks):
+    """Tiles split into ``n_chunks`` contiguous runs; every sample is in exactly one tile, so no two
+    threads write the same output row."""
+    n_tiles = tile_leaf.shape[0]
+    width = w1s.shape[2]
+    for c in prange(n_chunks):
+        lo = c * n_tiles // n_chunks
+        hi = (c + 1) * n_tiles // n_chunks
+        part, hid = _scratch(x, TILE, width)
+        for q in range(lo, hi):
+            _eval_tile(x, order, starts[q], starts[q + 1], tile_leaf[q], w1s, b1s, w2s, b2s, act, part, hid, out)
+
+
+@njit(cache=True, nogil=True)
+def _eval_leaves_serial(x, leaves, w1s, b1s, w2s, b2s, act, out):
+    """Per sample, in input order, the output of its given leaf (no sorting): for small batches."""
+    width = w1s.shape[2]
+    part, hid = _scratch(x, 1, width)
+    index = np.empty(1, dtype=np.int64)
+    for s in range(x.shape[0]):
+        index[0] = s
+        _eval_tile(x, index, 0, 1, leaves[s], w1s, b1s, w2s, b2s, act, part, hid, out)
+
+

@@ -1,0 +1,240 @@
+"""The Numba hard-inference engine (fffcpu.engine, fffcpu.kernels) against the NumPy reference and tests/naive.py."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import fffcpu
+from fffcpu import FFF, engine
+from fffcpu.kernels import fff as kernels
+
+import naive
+
+TOL = {"float32": dict(rtol=2e-4, atol=2e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+PATHS = ("serial", "parallel", "grouped")
+
+
+def random_model(depth, dtype="float64", seed=0, *, leaf_width=None, input_width=None, activation="relu"):
+    rng = np.random.default_rng(seed + 1000 * depth)
+    n_in = int(input_width or rng.integers(1, 70))
+    width = int(leaf_width or rng.choice([1, 2, 5, 16, 17, 33]))
+    model = FFF(n_in, width, int(rng.integers(1, 12)), depth, dtype=dtype, seed=seed, activation=activation)
+    model.params["node_biases"][...] = rng.normal(size=model.n_nodes) * 0.5
+    return model, rng
+
+
+def reference(model, x):
+    x = np.asarray(x, dtype=model.dtype)
+    leaves = model._route_reference(x)
+    return leaves, model._hard_outputs_reference(x, leaves)
+
+
+def clear_rows(model, x, margin=1e-6):
+    """Samples whose every logit on the hard path is farther than ``margin`` from 0 (float64 logits)."""
+    return naive.fff_min_margin(model, x) > margin
+
+
+def all_paths(model, x):
+    p = model.params
+    outs = {m: engine.predict(x, p, model.depth, model.activation, method=m) for m in PATHS}
+    routes = {m: engine.route(x, p["node_weights"], p["node_biases"], model.depth, method=m) for m in ("serial", "parallel")}
+    return outs, routes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", range(11))
+@pytest.mark.parametrize("n", [0, 1, 7, 300])
+def test_every_path_matches_reference(depth, n, dtype):
+    model, rng = random_model(depth, dtype, seed=n)
+    x = rng.normal(size=(n, model.input_width)).astype(dtype)
+    leaves_ref, y_ref = reference(model, x)
+    clear = clear_rows(model, x)
+    outs, routes = all_paths(model, x)
+    for method, y in outs.items():
+        assert y.shape == (n, model.output_width) and y.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(y[clear], y_ref[clear], **TOL[dtype], err_msg=method)
+        # every path gives the same bits (one fixed order of operations per sample)
+        np.testing.assert_array_equal(y, outs["serial"], err_msg=method)
+    for method, leaves in routes.items():
+        assert leaves.dtype == np.int64
+        np.testing.assert_array_equal(leaves[clear], leaves_ref[clear], err_msg=method)
+        np.testing.assert_array_equal(leaves, routes["serial"])
+    np.testing.assert_array_equal(model.route(x), routes["serial"])
+    np.testing.assert_array_equal(model.predict(x), outs["serial"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("leaf_width", [1, 15, 16, 31, 48, kernels.WIDE - 1, kernels.WIDE, kernels.WIDE + 19])
+@pytest.mark.parametrize("input_width", [1, 3, 4, 5, 63, 64, 130])
+def test_leaf_widths_and_input_widths_around_block_edges(leaf_width, input_width, dtype):
+    model, rng = random_model(3, dtype, leaf_width=leaf_width, input_width=input_width)
+    x = rng.normal(size=(37, input_width)).astype(dtype)
+    leaves_ref, y_ref = reference(model, x)
+    clear = clear_rows(model, x)
+    outs, _ = all_paths(model, x)
+    for y in outs.values():
+        np.testing.assert_allclose(y[clear], y_ref[clear], **TOL[dtype])
+        np.testing.assert_array_equal(y, outs["serial"])
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])
+def test_every_activation_against_naive(activation):
+    model, rng = random_model(4, "float64", activation=activation, leaf_width=19)
+    x = rng.normal(size=(50, model.input_width))
+    clear = clear_rows(model, x)
+    for method in PATHS:
+        y = engine.predict(x, model.params, model.depth, activation, method=method)
+        np.testing.assert_allclose(y[clear], naive.fff_hard(model, x)[clear], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_leaf_outputs_for_given_leaves_match_predict_bits(dtype):
+    model, rng = random_model(6, dtype, leaf_width=20)
+    x = rng.normal(size=(500, model.input_width)).astype(dtype)
+    leaves = model.route(x)
+    y = model.predict(x)
+    for method in PATHS:
+        np.testing.assert_array_equal(engine.leaf_outputs(x, leaves, model.params, "relu", method=method), y)
+    # arbitrary leaves (as region leak makes in hard training) against the reference
+    other = rng.integers(0, model.n_leaves, size=len(x))
+    np.testing.assert_allclose(model._hard_outputs(x, other), model._hard_outputs_reference(x, other), **TOL[dtype])
+    with pytest.raises(ValueError, match="leaf ids must be in"):
+        engine.leaf_outputs(x[:2], np.array([0, model.n_leaves]), model.params, "relu")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layouts_are_converted(dtype):
+    model, rng = random_model(5, dtype, leaf_width=17, input_width=40)
+    base = rng.normal(size=(64, 80))
+    expected = model.predict(np.ascontiguousarray(base[:, ::2], dtype=dtype))
+    fortran = np.asfortranarray(base[:, ::2])
+    strided = base[:, ::2]  # non-contiguous float64
+    readonly = np.ascontiguousarray(base[:, ::2], dtype=dtype)
+    readonly.flags.writeable = False
+    for x in (fortran, strided, readonly, fortran.astype(dtype), base[:, ::2].astype(np.float32 if dtype == "float64" else np.float64)):
+        y = model.predict(x)
+        if x.dtype == np.dtype(dtype):
+            np.testing.assert_array_equal(y, expected)
+        else:  # converted from the other precision first: equal to dtype tolerance
+            np.testing.assert_allclose(y, expected, rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(model.route(readonly), model.route(np.array(readonly)))
+
+
+def test_logit_exactly_zero_goes_right_and_nan_goes_left():
+    model = FFF(3, 2, 2, 3, dtype="float64", seed=0)
+    model.params["node_weights"][...] = 0.0
+    model.params["node_biases"][...] = 0.0
+    x = np.ones((5, 3))
+    for method in ("serial", "parallel"):
+        assert (engine.route(x, model.params["node_weights"], model.params["node_biases"], 3, method=method) == 7).all()
+    model, rng = random_model(4, "float64")
+    x = rng.normal(size=(40, model.input_width))
+    x[3, 0] = np.nan
+    x[5, :] = np.nan
+    for method in PATHS:
+        y = engine.predict(x, model.params, model.depth, model.activation, method=method)
+        assert np.isnan(y[[3, 5]]).all() and np.isfinite(np.delete(y, [3, 5], axis=0)).all()
+    assert (model.route(x)[[3, 5]] == 0).all()  # NaN logits go left at every level
+
+
+def test_inf_input_is_routed_by_the_same_rule():
+    model = FFF(2, 3, 2, 2, dtype="float64", seed=0)
+    model.params["node_weights"][...] = [[1.0, 0.0]] * 3
+    model.params["node_biases"][...] = 0.0
+    x = np.array([[np.inf, 0.0], [-np.inf, 0.0]])
+    np.testing.assert_array_equal(model.route(x), [3, 0])  # +inf logit: right; -inf: left
+    np.testing.assert_array_equal(model.route(x), naive.fff_route(model, x))
+
+
+def test_dispatcher_choices():
+    assert engine.choose_method(1, 2) == "serial"
+    assert engine.choose_method(engine.SERIAL_MAX + 1, 2) == "parallel"
+    assert engine.choose_method(engine.GROUPED_MIN, 2) == "grouped"
+    assert engine.choose_method(10, 1) == "serial"
+    with pytest.raises(ValueError, match="method must be one of"):
+        engine.predict(np.zeros((1, 3)), FFF(3, 2, 2, 1).params, 1, "relu", method="fast")
+
+
+def test_n_jobs_sets_and_restores_threads():
+    import numba
+
+    model, rng = random_model(6, "float32", leaf_width=16)
+    x = rng.normal(size=(1000, model.input_width)).astype(np.float32)
+    before = numba.get_num_threads()
+    y = model.predict(x)
+    for n_jobs in (1, 2, -1, 64):
+        np.testing.assert_array_equal(model.predict(x, n_jobs=n_jobs), y)
+        np.testing.assert_array_equal(model.route(x, n_jobs=n_jobs), model.route(x))
+        assert numba.get_num_threads() == before
+    with engine.num_threads(1) as n:
+        assert n == 1 and numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with pytest.raises(ValueError, match="n_jobs"):
+        model.predict(x, n_jobs=0)
+    with pytest.raises(TypeError, match="n_jobs"):
+        model.predict(x, n_jobs=1.5)
+
+
+def test_concurrent_predict_from_threads_matches_sequential():
+    model, rng = random_model(8, "float32", leaf_width=16, input_width=50)
+    batches = [rng.normal(size=(n, 50)).astype(np.float32) for n in (1, 5, 40, 300, 2000, 1, 700, 33)]
+    expected = [model.predict(x) for x in batches]
+    results = {}
+
+    def work(k):
+        for rep in range(5):
+            for j, x in enumerate(batches):
+                results[k, rep, j] = model.predict(x, n_jobs=1 + (k + j) % 2)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 * 5 * len(batches)
+    for (k, rep, j), y in results.items():
+        np.testing.assert_array_equal(y, expected[j])
+
+
+@pytest.mark.parametrize("method", ["predict", "route"])
+def test_bad_input(method):
+    model = FFF(4, 2, 2, 2)
+    f = getattr(model, method)
+    with pytest.raises(ValueError, match="x has 3 features, the model was built for input_width=4"):
+        f(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        f(np.zeros((2, 2, 4)))
+    # a batch that would not fit in memory is refused before anything is allocated (x is a broadcast view)
+    huge = np.broadcast_to(np.zeros(4, dtype=np.float64), (10**12, 4))
+    with pytest.raises(MemoryError, match="hard inference on 1,000,000,000,000 samples would need"):
+        f(huge)
+
+
+def test_hard_training_forward_equals_predict_bits_at_every_batch_size():
+    model = FFF(30, 16, 5, 6, train_hardened=True, seed=3)
+    rng = np.random.default_rng(3)
+    for n in (1, 9, 200, 3000):
+        x = rng.normal(size=(n, 30)).astype(np.float32)
+        clear = clear_rows(model, x, 1e-4)
+        np.testing.assert_array_equal(model.forward(x)[clear], model.predict(x)[clear])
+
+
+def test_no_batch_by_leaves_allocation():
+    """Memory stays O(batch · (leaf_width + output_width)): a depth-20 tree (1M leaves) with a tiny batch."""
+    import tracemalloc
+
+    model = FFF(8, 2, 3, 20, seed=0)
+    x = np.random.default_rng(0).normal(size=(512, 8)).astype(np.float32)
+    model.predict(x)  # compile
+    tracemalloc.start()
+    model.predict(x)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 512 * 200  # a (512, 2**20) array would be 2 GB
+
+
+def test_warmup_runs_and_is_public():
+    fffcpu.warmup(("float32",))
+    assert "warmup" in fffcpu.__all__
+    assert isinstance(engine.threading_layer(), str)
