@@ -3,8 +3,9 @@
 from .base import Model
 from .dense import FF
 from .fff import FFF
+from .ultra import UltraFFF
 
 #: Model classes by name, for ``fffcpu.load``.
-MODELS = {cls.__name__: cls for cls in (FF, FFF)}
+MODELS = {cls.__name__: cls for cls in (FF, FFF, UltraFFF)}
 
-__all__ = ["Model", "FF", "FFF", "MODELS"]
+__all__ = ["Model", "FF", "FFF", "UltraFFF", "MODELS"]

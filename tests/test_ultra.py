@@ -1,0 +1,432 @@
+"""UltraFFF (spec §2): the path kernels against the per-sample references of tests/naive_ultra.py and the NumPy
+masked formulation, gradients against central differences and torch autograd, state dicts, save/load, training."""
+
+import numpy as np
+import pytest
+
+import fffcpu
+from fffcpu import UltraFFF
+from fffcpu.functional import cross_entropy_grad, mean_squared_error_grad
+from fffcpu.kernels import ultra as kernels
+from fffcpu.models.ultra import masked_backward, masked_forward, path_mask
+
+import naive
+import naive_ultra
+
+TOL = {"float32": dict(rtol=2e-4, atol=2e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+BIG = kernels.PARALLEL_MIN_BATCH + 13  # a batch that takes the parallel per-input kernels
+HUGE = kernels.GROUPED_MIN_BATCH + 21  # a batch that takes the grouped (sorted by subtree) kernels
+
+
+def random_model(depth, dtype="float64", seed=0, trees=None, **kw):
+    rng = np.random.default_rng(seed + 100 * depth)
+    input_width, output_width = (int(v) for v in rng.integers(1, 7, size=2))
+    trees = int(rng.integers(1, 5)) if trees is None else trees
+    model = UltraFFF(input_width, output_width, depth, trees=trees, dtype=dtype, seed=seed, **kw)
+    # Spread the biases so the routes are not all decided by the same sign pattern.
+    model.params["b_in"][...] = rng.normal(size=model.params["b_in"].shape) * 0.5
+    return model, rng
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", range(9))
+@pytest.mark.parametrize("n", [0, 1, 7, BIG, HUGE])
+def test_forward_predict_route_match_references(depth, n, dtype):
+    model, rng = random_model(depth, dtype)
+    x = rng.normal(size=(n, model.input_width)).astype(dtype)
+    clear = naive_ultra.min_margin(model, x) > 1e-4
+    expected = naive_ultra.forward(model, x)
+    masked = masked_forward(model.params, x, depth, model.activation)
+    y_train, y_hard, leaves = model.forward(x), model.predict(x), model.route(x)
+    assert y_train.shape == y_hard.shape == (n, model.output_width) and leaves.shape == (n, model.trees)
+    assert y_train.dtype == y_hard.dtype == np.dtype(dtype) and leaves.dtype == np.int64
+    np.testing.assert_array_equal(leaves[clear], naive_ultra.route(model, x)[clear])
+    np.testing.assert_allclose(y_train[clear], expected[clear], **TOL[dtype])
+    np.testing.assert_allclose(y_hard[clear], expected[clear], **TOL[dtype])
+    np.testing.assert_allclose(masked["y"][clear], expected[clear], **TOL[dtype])
+    np.testing.assert_array_equal(y_train, y_hard)  # training forward and inference are the same kernels' math
+    np.testing.assert_array_equal(model.predict_soft(x), y_hard)
+    if n:
+        assert (leaves >= 0).all() and (leaves < 2**depth).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", [0, 1, 2, 5, 8])
+@pytest.mark.parametrize("n", [0, 1, 7, BIG, HUGE])
+def test_kernel_gradients_match_masked_and_naive(depth, n, dtype):
+    model, rng = random_model(depth, dtype, seed=1)
+    x = rng.normal(size=(n, model.input_width)).astype(dtype)
+    g = rng.normal(size=(n, model.output_width)).astype(dtype)
+    clear = naive_ultra.min_margin(model, x) > 1e-4
+    x, g = x[clear], g[clear]  # identical routes in every implementation
+    model.forward(x)
+    dx = model.backward(g)
+    masked_grads, masked_dx = masked_backward(model.params, masked_forward(model.params, x, depth), g)
+    naive_grads, naive_dx = naive_ultra.gradients(model, x, g)
+    for name in ("w_in", "b_in", "w_out"):
+        assert model.grads[name].shape == model.params[name].shape
+        np.testing.assert_allclose(model.grads[name], naive_grads[name], **TOL[dtype], err_msg=name)
+        np.testing.assert_allclose(masked_grads[name], naive_grads[name], **TOL[dtype], err_msg=name)
+    np.testing.assert_allclose(dx, naive_dx, **TOL[dtype])
+    np.testing.assert_allclose(masked_dx, naive_dx, **TOL[dtype])
+
+
+@pytest.mark.parametrize("activation", ["gelu", "relu", "tanh", "sigmoid", "identity"])
+def test_every_activation(activation):
+    model, rng = random_model(3, activation=activation, seed=2)
+    x = rng.normal(size=(BIG, model.input_width))
+    g = rng.normal(size=(BIG, model.output_width))
+    np.testing.assert_allclose(model.forward(x), naive_ultra.forward(model, x), rtol=1e-10, atol=1e-12)
+    dx = model.backward(g)
+    grads, naive_dx = naive_ultra.gradients(model, x, g)
+    for name in grads:
+        np.testing.assert_allclose(model.grads[name], grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dx, naive_dx, rtol=1e-10, atol=1e-12)
+
+
+def test_gelu_is_the_exact_erf_form():
+    model = UltraFFF(1, 1, 0, dtype="float64", seed=0)
+    model.set_params({"w_in": [[[1.0]]], "b_in": [[0.0]], "w_out": [[[1.0]]]})
+    z = np.array([[-3.0], [-0.5], [0.7], [2.0]])
+    # GELU(0.7) = 0.7 Φ(0.7) = 0.7 * 0.758036... = 0.530625...; the tanh approximation gives 0.530593...
+    np.testing.assert_allclose(model.predict(z)[2, 0], 0.5306254, rtol=1e-6)
+    np.testing.assert_allclose(model.predict(z)[:, 0], naive.act("gelu", z[:, 0]), rtol=1e-13)
+
+
+# --- routing rule ------------------------------------------------------------------------------------------------
+
+
+def test_logit_exactly_zero_goes_left_everywhere():
+    model = UltraFFF(2, 2, 3, trees=2, dtype="float64", seed=0)
+    model.params["w_in"][...] = 0.0
+    model.params["b_in"][...] = 0.0  # every logit is exactly 0: left, left, left
+    x = np.ones((BIG, 2))
+    np.testing.assert_array_equal(model.route(x), 0)
+    np.testing.assert_array_equal(model.route(x[:1]), 0)
+    model.forward(x)
+    np.testing.assert_array_equal(model._cache["nodes"][0, 0], [0, 1, 3, 7])  # 2n + 1 each time
+    logits = masked_forward(model.params, x, 3)["logits"]
+    mask = path_mask(logits, 3)
+    assert mask[:, :, [0, 1, 3, 7]].all() and mask.sum() == BIG * 2 * 4
+    # A tiny positive logit goes right.
+    model.params["b_in"][:, 0] = 1e-300
+    np.testing.assert_array_equal(model.route(x[:3]), 4)  # right at the root, then left: leaf 0b100
+
+
+def test_nan_goes_left_and_propagates():
+    model, _ = random_model(3, seed=3, trees=2)
+    x = np.full((2, model.input_width), np.nan)
+    x[1] = 1.0
+    assert (model.route(x)[0] == 0).all()
+    out = model.predict(x)
+    assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
+
+
+def test_serial_and_parallel_kernels_agree():
+    model, rng = random_model(6, "float32", seed=4, trees=3)
+    x = rng.normal(size=(3 * BIG, model.input_width)).astype(np.float32)
+    batched = model.predict(x)  # parallel kernel
+    one_by_one = np.concatenate([model.predict(row[None]) for row in x])  # serial kernel
+    np.testing.assert_array_equal(batched, one_by_one)
+    np.testing.assert_array_equal(model.route(x), np.concatenate([model.route(row[None]) for row in x]))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_grouped_kernel_equals_per_input_kernel_at_every_split(dtype):
+    """Grouping by subtree changes the order of the inputs, never the arithmetic of one input: bitwise equal."""
+    model, rng = random_model(5, dtype, seed=15, trees=3)
+    model.params["w_in"][...] = rng.normal(size=model.params["w_in"].shape)
+    x = rng.normal(size=(300, model.input_width)).astype(dtype)
+    shape = (len(x), 3, 6)
+    ref = [np.empty(shape, np.int64), np.empty(shape, dtype), np.empty(shape, dtype),
+           np.empty((len(x), model.output_width), dtype)]
+    kernels._forward_serial(x, *model._weights(), 0, *ref)
+    for split in range(6):
+        out = [np.empty_like(a) for a in ref]
+        order = np.empty(len(x), np.int64)
+        kernels._forward_grouped(x, *model._weights(), 0, split, *out, order)
+        for a, b in zip(out, ref):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(np.sort(order), np.arange(len(x)))  # a permutation
+        subtree_roots = out[0][order, 2, split]  # the last tree's inputs come sorted by subtree root
+        assert (np.diff(subtree_roots) >= 0).all()
+
+
+def test_split_level_keeps_subtrees_in_cache():
+    row = (768 + 768 + 1) * 4
+    assert kernels.split_level(11, row) == 6  # 63-node subtrees of 6 KiB rows: 378 KiB
+    assert kernels.split_level(3, row) == 0  # the whole tree fits
+    assert kernels.split_level(11, row, cache_bytes=1) == 11
+
+
+# --- gradients: central differences in float64 ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 4])
+@pytest.mark.parametrize("activation", ["gelu", "tanh"])
+def test_gradients_central_differences(depth, activation):
+    model = UltraFFF(4, 3, depth, trees=2, activation=activation, dtype="float64", seed=depth)
+    rng = np.random.default_rng(depth)
+    x = rng.normal(size=(6, 4))
+    assert naive_ultra.min_margin(model, x).min() > 1e-3  # finite differences do not cross a boundary
+    labels = rng.integers(0, 3, size=6)
+    out = model.forward(x)
+    dx = model.backward(cross_entropy_grad(out, labels), hardening=0.5)  # hardening: accepted, no effect
+
+    def objective():
+        return naive.cross_entropy(naive_ultra.forward(model, x), labels)
+
+    numeric = naive.numerical_gradients(objective, model.params, x)
+    for name, analytic in list(model.grads.items()) + [("x", dx)]:
+        np.testing.assert_allclose(analytic, numeric[name], rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def test_gradients_mse_match_masked_formulation_and_differences():
+    model = UltraFFF(3, 2, 3, dtype="float64", seed=5)
+    rng = np.random.default_rng(5)
+    x, targets = rng.normal(size=(8, 3)), rng.normal(size=(8, 2))
+    assert naive_ultra.min_margin(model, x).min() > 1e-3
+    out = model.forward(x)
+    dx = model.backward(mean_squared_error_grad(out, targets))
+    numeric = naive.numerical_gradients(
+        lambda: naive.mse(masked_forward(model.params, x, 3)["y"], targets), model.params, x)
+    for name, analytic in list(model.grads.items()) + [("x", dx)]:
+        np.testing.assert_allclose(analytic, numeric[name], rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def test_gradients_equal_torch_autograd_of_masked_formulation():
+    torch = pytest.importorskip("torch")
+    model, rng = random_model(4, "float64", seed=6, trees=3)
+    x = rng.normal(size=(BIG, model.input_width))
+    g = rng.normal(size=(BIG, model.output_width))
+    clear = naive_ultra.min_margin(model, x) > 1e-6
+    x, g = x[clear], g[clear]
+    model.forward(x)
+    dx = model.backward(g)
+
+    k, n_nodes = model.trees, model.n_nodes
+    w_in = torch.tensor(model.params["w_in"], requires_grad=True)
+    b_in = torch.tensor(model.params["b_in"], requires_grad=True)
+    w_out = torch.tensor(model.params["w_out"], requires_grad=True)
+    xt = torch.tensor(x, requires_grad=True)
+    logits = torch.einsum("bi,kni->bkn", xt, w_in) + b_in  # every logit, as UltraFastBERT's training code
+    mask = torch.tensor(path_mask(logits.detach().numpy(), model.depth))
+    hidden = torch.nn.functional.gelu(logits) * mask
+    y = torch.einsum("bkn,kno->bo", hidden, w_out)
+    (y * torch.tensor(g)).sum().backward()
+    assert hidden.shape == (len(x), k, n_nodes)
+    for name, tensor in (("w_in", w_in), ("b_in", b_in), ("w_out", w_out)):
+        np.testing.assert_allclose(model.grads[name], tensor.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.predict(x), y.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_input_grad_can_be_skipped_and_grads_are_overwritten():
+    model, rng = random_model(3, seed=7)
+    x = rng.normal(size=(5, model.input_width))
+    model.forward(x)
+    model.grads["w_in"][...] = 123.0  # stale values must not leak into the next backward
+    assert model.backward(np.ones((5, model.output_width)), input_grad=False) is None
+    grads, _ = naive_ultra.gradients(model, x, np.ones((5, model.output_width)))
+    np.testing.assert_allclose(model.grads["w_in"], grads["w_in"], rtol=1e-10, atol=1e-12)
+
+
+def test_training_interface():
+    model, rng = random_model(2, seed=8)
+    model.forward(rng.normal(size=(3, model.input_width)))
+    assert model.hardening_loss() == 0.0
+    assert UltraFFF.param_blocks == {}
+
+
+# --- sizes and init -----------------------------------------------------------------------------------------------
+
+
+def test_ultrafastbert_1x11_sizes_and_init():
+    model = UltraFFF(768, 768, 11, seed=0)
+    assert model.n_nodes == 4095 and model.training_width == 4095 and model.inference_size == 12
+    assert model.params["w_in"].shape == (1, 4095, 768) and model.params["w_out"].shape == (1, 4095, 768)
+    assert model.params["w_in"].dtype == np.float32
+    assert np.abs(model.params["w_in"]).max() <= 1 / np.sqrt(768)
+    assert np.abs(model.params["w_in"]).max() > 0.95 / np.sqrt(768)
+    assert 0.95 / np.sqrt(12) < np.abs(model.params["w_out"]).max() <= 1 / np.sqrt(12)
+    wide = UltraFFF(8, 8, 3, trees=4)
+    assert wide.inference_size == 16 and wide.training_width == 60
+    assert np.abs(wide.params["w_out"]).max() <= 1 / np.sqrt(16)
+
+
+# --- UltraFastBERT state dicts ------------------------------------------------------------------------------------
+
+
+class ArrayLike:
+    """Something that is not a NumPy array but converts to one (as a CPU torch tensor does)."""
+
+    def __init__(self, value):
+        self.value = np.asarray(value)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.value if dtype is None else self.value.astype(dtype)
+
+
+def test_state_dict_of_the_real_shapes():
+    rng = np.random.default_rng(9)
+    n, width = 4095, 768
+    state = {
+        "linear_in.weight": ArrayLike(rng.normal(size=(n, width)).astype(np.float32)),
+        "linear_in.bias": ArrayLike(rng.normal(size=n).astype(np.float32)),
+        "linear_out.weight": ArrayLike(rng.normal(size=(width, n)).astype(np.float32)),
+    }
+    model = UltraFFF.from_state_dict(state)
+    assert (model.depth, model.trees, model.input_width, model.output_width) == (11, 1, 768, 768)
+    np.testing.assert_array_equal(model.params["w_in"][0, 17], state["linear_in.weight"].value[17])
+    np.testing.assert_array_equal(model.params["w_out"][0, 17], state["linear_out.weight"].value[:, 17])
+    back = model.to_state_dict()
+    for key, value in state.items():
+        np.testing.assert_array_equal(back[key], value.value)
+        assert isinstance(back[key], np.ndarray)
+
+
+def test_state_dict_is_tree_major_and_computes_the_same_function():
+    model, rng = random_model(3, seed=10, trees=3)
+    state = model.to_state_dict()
+    n = model.n_nodes
+    assert state["linear_in.weight"].shape == (3 * n, model.input_width)
+    assert state["linear_out.weight"].shape == (model.output_width, 3 * n)
+    np.testing.assert_array_equal(state["linear_in.weight"][2 * n + 5], model.params["w_in"][2, 5])  # row t·N + n
+    np.testing.assert_array_equal(state["linear_in.bias"][n + 4], model.params["b_in"][1, 4])
+    np.testing.assert_array_equal(state["linear_out.weight"][:, n + 6], model.params["w_out"][1, 6])
+    prefixed = {"ffn." + k: v.tolist() for k, v in state.items()}  # nested lists are array-like too
+    clone = UltraFFF.from_state_dict(prefixed, trees=3, prefix="ffn.", dtype="float64")
+    x = rng.normal(size=(9, model.input_width))
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    # The same function by hand from the state dict: all logits, then the path (UltraFastBERT's layout).
+    logits = (x @ state["linear_in.weight"].T + state["linear_in.bias"]).reshape(9, 3, n)
+    hidden = naive.act("gelu", logits) * path_mask(logits, 3)
+    np.testing.assert_allclose(hidden.reshape(9, 3 * n) @ state["linear_out.weight"].T, model.predict(x), rtol=1e-10)
+
+
+def test_state_dict_from_torch_tensors():
+    torch = pytest.importorskip("torch")
+    model, _ = random_model(2, seed=11, trees=2)
+    state = {k: torch.tensor(v, requires_grad=True) for k, v in model.to_state_dict().items()}
+    state["linear_out.bias"] = torch.zeros(model.output_width)
+    clone = UltraFFF.from_state_dict(state, trees=2, dtype="float64")
+    for name in model.params:
+        np.testing.assert_array_equal(clone.params[name], model.params[name])
+    state["linear_in.weight"] = state["linear_in.weight"].to(torch.bfloat16)
+    assert UltraFFF.from_state_dict(state, trees=2).depth == 2
+
+
+@pytest.mark.parametrize(
+    "change, kwargs, error, message",
+    [
+        (dict(w_rows=10), {}, ValueError, r"10 is not 2\*\*\(depth\+1\) - 1 for any depth"),
+        (dict(w_rows=14), dict(trees=4), ValueError, "not a multiple of trees=4"),
+        (dict(), dict(depth=3), ValueError, r"must have trees·\(2\*\*\(depth\+1\) - 1\) = 15 rows .* got 7"),
+        (dict(b_rows=6), {}, ValueError, r"linear_in.bias must have shape \(7,\), got \(6,\)"),
+        (dict(out_cols=8), {}, ValueError, r"linear_out.weight must have shape \(output_width, 7\), got \(5, 8\)"),
+        (dict(drop="linear_in.bias"), {}, KeyError, "no 'linear_in.bias'"),
+        (dict(out_bias=1.0), {}, ValueError, "has no output bias"),
+        (dict(w_1d=True), {}, ValueError, "must be 2-D"),
+        (dict(strings=True), {}, TypeError, "must hold real numbers"),
+    ],
+)
+def test_state_dict_errors(change, kwargs, error, message):
+    rng = np.random.default_rng(0)
+    state = {
+        "linear_in.weight": rng.normal(size=(change.get("w_rows", 7), 4)),
+        "linear_in.bias": rng.normal(size=change.get("b_rows", 7)),
+        "linear_out.weight": rng.normal(size=(5, change.get("out_cols", 7))),
+    }
+    if "drop" in change:
+        del state[change["drop"]]
+    if "out_bias" in change:
+        state["linear_out.bias"] = np.full(5, change["out_bias"])
+    if change.get("w_1d"):
+        state["linear_in.weight"] = np.zeros(7)
+    if change.get("strings"):
+        state["linear_in.bias"] = np.array(["a"] * 7)
+    with pytest.raises(error, match=message):
+        UltraFFF.from_state_dict(state, **kwargs)
+
+
+# --- save/load, training ------------------------------------------------------------------------------------------
+
+
+def test_save_and_load(tmp_path):
+    model, rng = random_model(4, "float32", seed=12, trees=2, activation="tanh")
+    path = fffcpu.save(model, tmp_path / "ultra")
+    loaded = fffcpu.load(path)
+    assert isinstance(loaded, UltraFFF) and loaded.config() == model.config()
+    x = rng.normal(size=(BIG, model.input_width))
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+def test_trains_with_fffcpu_train():
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(600, 4))
+    labels = (x[:, 0] * x[:, 1] > 0).astype(int) + 2 * (x[:, 2] > 0.5)  # 4 classes, not linearly separable
+    model = UltraFFF(4, 4, 4, trees=2, seed=13)
+    history = fffcpu.train(model, x, labels, lr=1e-2, epochs=25, batch_size=64, hardening=1.0, seed=0,
+                           progress=False)
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    assert history["train_acc_hard"][-1] > 0.75
+    assert history["train_acc_hard"] == history["train_acc_soft"]
+    assert history["entropy"] == [0.0] * 25
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(depth=-1), ValueError, "depth must be an integer >= 0, got -1"),
+        (dict(trees=0), ValueError, "trees must be an integer >= 1, got 0"),
+        (dict(trees=1.5), TypeError, "trees must be an integer"),
+        (dict(input_width=0), ValueError, "input_width must be an integer >= 1, got 0"),
+        (dict(output_width="3"), TypeError, "output_width must be an integer"),
+        (dict(activation="swish"), ValueError, "activation must be one of"),
+        (dict(dtype="float16"), ValueError, "dtype must be one of"),
+        (dict(depth=41), ValueError, "use depth <= 40"),
+        (dict(depth=33), MemoryError, "would need"),
+    ],
+)
+def test_bad_hyperparameters(kwargs, error, message):
+    args = dict(input_width=768, output_width=768, depth=3) | kwargs
+    with pytest.raises(error, match=message):
+        UltraFFF(**args)
+
+
+@pytest.mark.parametrize("method", ["predict", "route", "forward", "predict_soft"])
+def test_bad_inputs(method):
+    model = UltraFFF(4, 2, 2)
+    f = getattr(model, method)
+    with pytest.raises(ValueError, match="x has 3 features, the model was built for input_width=4"):
+        f(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"2-D \(n_samples, 4\), got shape \(4,\); for one sample use"):
+        f(np.zeros(4))
+    with pytest.raises(TypeError, match="complex"):
+        f(np.zeros((2, 4), dtype=complex))
+    assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
+    assert f(np.asfortranarray(np.ones((3, 4)))).shape[0] == 3  # any memory layout
+
+
+def test_backward_needs_forward_and_matching_dy():
+    model = UltraFFF(4, 2, 2)
+    with pytest.raises(RuntimeError, match="call forward"):
+        model.backward(np.zeros((1, 2)))
+    model.forward(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match=r"dy must have the shape .* \(3, 2\), got \(3, 3\)"):
+        model.backward(np.zeros((3, 3)))
+
+
+def test_set_params_checks_shapes_and_copy_is_independent():
+    model, rng = random_model(2, seed=14)
+    with pytest.raises(ValueError, match=r"parameter 'w_in' must have shape"):
+        model.set_params({"w_in": np.zeros((1, 2, 3)), "b_in": model.params["b_in"], "w_out": model.params["w_out"]})
+    clone = model.copy()
+    x = rng.normal(size=(5, model.input_width))
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    clone.params["w_out"][...] += 1
+    assert not np.array_equal(clone.predict(x), model.predict(x))
+    assert "12 used" not in model.summary() and f"{model.inference_size} used per input" in model.summary()
