@@ -244,7 +244,7 @@ def _drop_line(text: str, startswith: str) -> str:
         # the same package with two different bounds inside pyproject
         (
             lambda py, env: (
-                py.replace('test = ["pytest>=7", "scikit-learn>=1.3"', 'test = ["pytest>=7", "scikit-learn>=1.4"'),
+                py.replace('data = ["scikit-learn>=1.6"', 'data = ["scikit-learn>=1.7"'),
                 env,
             ),
             "two different bounds",
