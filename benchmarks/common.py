@@ -1,0 +1,181 @@
+"""Shared helpers of the benchmarks: timing, peak memory, machine description, markdown tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+
+import numpy as np
+
+THREADS = 2  # every library gets this many threads (Numba, BLAS, torch)
+
+
+@dataclasses.dataclass
+class Section:
+    """What a benchmark module returns: a markdown section, plus raw rows and checks for tests."""
+
+    title: str
+    markdown: str
+    rows: list = dataclasses.field(default_factory=list)
+    checks: dict = dataclasses.field(default_factory=dict)
+    figures: dict = dataclasses.field(default_factory=dict)
+
+
+def median_time(fn, *, min_repeats=3, max_repeats=50, budget=1.0, warmup=1):
+    """Median wall time of ``fn(k)`` (k = call number, so each call can take distinct inputs).
+
+    After ``warmup`` untimed calls, calls until ``max_repeats`` or until ``budget`` seconds are spent, but at least
+    ``min_repeats`` times.
+    """
+    for k in range(warmup):
+        fn(k)
+    times, spent, k = [], 0.0, warmup
+    while len(times) < min_repeats or (len(times) < max_repeats and spent < budget):
+        t0 = time.perf_counter()
+        fn(k)
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+        k += 1
+    return float(np.median(times)), len(times)
+
+
+def _status_kib(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(fn):
+    """Peak resident memory (bytes) that one ``fn()`` adds above the memory in use before the call.
+
+    Linux: resets the high-water mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after the call; this sees
+    NumPy, Numba (NRT) and torch allocations alike. Returns None where that is not available.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    fn()
+    peak = _status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return max(0, peak - before) * 1024
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads=THREADS) -> dict:
+    """CPU, versions, BLAS (threadpoolctl: internal_api, architecture = kernel, threads), Numba threading layer."""
+    import numba
+    import scipy
+    from threadpoolctl import threadpool_info
+
+    from fffcpu import engine
+
+    info = {
+        "CPU": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
+        "Python": platform.python_version(),
+        "NumPy": np.__version__,
+        "SciPy": scipy.__version__,
+        "Numba": numba.__version__,
+        "Numba threading layer": engine.threading_layer(),
+        "Numba threads": f"{threads} (of {numba.config.NUMBA_NUM_THREADS})",
+    }
+    for k, lib in enumerate(threadpool_info()):
+        info[f"threadpool {k}"] = (
+            f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('user_api')}), kernel/architecture "
+            f"{lib.get('architecture')}, {lib.get('num_threads')} threads, threading {lib.get('threading_layer')}, "
+            f"{os.path.basename(lib.get('filepath', ''))}"
+        )
+    try:
+        import torch
+
+        info["torch"] = f"{torch.__version__}, {torch.get_num_threads()} threads"
+        import fastfeedforward  # noqa: F401
+
+        info["fastfeedforward"] = _dist_version("fastfeedforward")
+    except ImportError:
+        info["torch"] = "not installed (torch columns skipped)"
+    try:
+        with open("/proc/loadavg") as f:
+            info["load average at report time"] = " ".join(f.read().split()[:3])
+    except OSError:
+        pass
+    return info
+
+
+def _dist_version(name):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def have_torch() -> bool:
+    try:
+        import fastfeedforward  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fmt_rate(v):
+    if v is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.3g}{unit}"
+    return f"{v:.3g}"
+
+
+def fmt_bytes(n):
+    if n is None:
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def fmt_x(v):
+    return "–" if v is None else (f"{v:.0f}x" if v >= 10 else f"{v:.2g}x")
+
+
+def table(headers, rows) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_bandwidth(threads=THREADS, n_bytes=512 << 20, repeats=5):
+    """Memory read bandwidth (bytes/s, median): ``threads`` Python threads each summing their part of a
+    ``n_bytes`` float32 array (far larger than the caches) with NumPy, which releases the GIL while it sums."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = np.ones(n_bytes // 4, dtype=np.float32)
+    parts = np.array_split(a, threads)
+    with ThreadPoolExecutor(threads) as pool:
+        t, _ = median_time(lambda k: list(pool.map(np.sum, parts)), min_repeats=repeats, max_repeats=repeats)
+    return a.nbytes / t

@@ -1,0 +1,320 @@
+"""Hard inference of an FFF (fffcpu's Numba engine) against the dense FF of the same training width.
+
+Side by side, in one process, float32, the same thread count everywhere (Numba, BLAS, torch), medians over repeats
+after a warm-up call, and a pool of distinct input batches cycled through so that successive calls do not find the
+same leaves' weights hot in cache:
+
+* ``fffcpu``: ``FFF.predict`` (the engine picks serial / parallel / grouped by batch size);
+* dense NumPy: ``relu(x W1 + b1) W2 + b2`` with ``np.matmul`` into preallocated buffers and in-place bias and
+  activation (the strongest plain-NumPy baseline), width = the FFF's training width 2**depth · leaf_width;
+* dense torch (``torch.addmm`` + ``relu_`` under ``inference_mode``) and the PyTorch package ``fastfeedforward``
+  0.2.1 ``FFF.eval_forward`` with the same weights, when torch is installed.
+
+Before timing, every method's output is checked against a float64 NumPy reference on the same input (for the
+torch package: its eval output plus the b2 bias it forgets; routes compared where |logit| > 1e-4).
+
+Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.inference [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numba
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import fffcpu
+from fffcpu import FFF, engine
+
+from .common import (THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, median_time, peak_memory,
+                     read_bandwidth, table)
+
+INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
+WIDTHS, DEPTHS, BATCHES = (128, 1024, 8192, 65536), (3, 6, 9, 12), (1, 256, 4096)
+QUICK_WIDTHS, QUICK_DEPTHS, QUICK_BATCHES = (128, 1024), (3, 6), (1, 64)
+POOL_BYTES = 64 << 20  # distinct inputs cycled through per grid point
+
+TARGETS = [
+    # (description, predicate on a row, quantity, threshold)
+    ("depth 12, leaf 16 (65536), batch 1: ≥ 1000x dense NumPy", dict(width=65536, depth=12, batch=1), "speedup", 1000),
+    ("depth 12, leaf 16 (65536), batch 4096: ≥ 500x dense NumPy", dict(width=65536, depth=12, batch=4096), "speedup", 500),
+    ("depth 9, leaf 16 (8192), batch 4096: ≥ 150x dense NumPy", dict(width=8192, depth=9, batch=4096), "speedup", 150),
+]
+
+
+def grid(widths, depths):
+    """(training width, depth, leaf width) with leaf width = width / 2**depth a whole number >= 1."""
+    return [(w, d, w >> d) for w in widths for d in depths if (w >> d) >= 1 and (w >> d) << d == w]
+
+
+def reference64(params, depth, x):
+    """float64 hard inference: (leaves, outputs, smallest |logit| on each path), vectorized NumPy."""
+    x = x.astype(np.float64)
+    nw = params["node_weights"]
+    node = np.zeros(len(x), dtype=np.int64)
+    margin = np.full(len(x), np.inf)
+    for _ in range(depth):
+        logit = np.einsum("bi,bi->b", x, nw[node].astype(np.float64)) + params["node_biases"][node].astype(np.float64)
+        margin = np.minimum(margin, np.abs(logit))
+        node = 2 * node + 1 + (logit >= 0)
+    leaves = node - ((1 << depth) - 1)
+    y = np.empty((len(x), params["w2s"].shape[2]))
+    for b, leaf in enumerate(leaves):
+        h = np.maximum(x[b] @ params["w1s"][leaf].astype(np.float64) + params["b1s"][leaf], 0)
+        y[b] = h @ params["w2s"][leaf].astype(np.float64) + params["b2s"][leaf]
+    return leaves, y, margin
+
+
+class DenseNumPy:
+    """``relu(x W1 + b1) W2 + b2`` into preallocated buffers (the strongest NumPy baseline)."""
+
+    def __init__(self, width, rng):
+        bound_in, bound_h = 1 / math.sqrt(INPUT_WIDTH), 1 / math.sqrt(width)
+        u = lambda shape, b: (rng.random(shape, dtype=np.float32) * 2 - 1) * np.float32(b)  # noqa: E731
+        self.w1, self.b1 = u((INPUT_WIDTH, width), bound_in), u((width,), bound_in)
+        self.w2, self.b2 = u((width, OUTPUT_WIDTH), bound_h), u((OUTPUT_WIDTH,), bound_h)
+        self.buffers = {}
+
+    def __call__(self, x):
+        n = len(x)
+        if n not in self.buffers:
+            self.buffers = {n: (np.empty((n, self.w1.shape[1]), np.float32), np.empty((n, OUTPUT_WIDTH), np.float32))}
+        h, y = self.buffers[n]
+        np.matmul(x, self.w1, out=h)
+        h += self.b1
+        np.maximum(h, 0, out=h)
+        np.matmul(h, self.w2, out=y)
+        y += self.b2
+        return y
+
+    def reference64(self, x):
+        x = x.astype(np.float64)
+        return np.maximum(x @ self.w1.astype(np.float64) + self.b1, 0) @ self.w2.astype(np.float64) + self.b2
+
+
+def _torch_methods(model, dense, threads):
+    import fastfeedforward
+    import torch
+
+    torch.set_num_threads(threads)
+    pkg = fastfeedforward.FFF(INPUT_WIDTH, model.leaf_width, OUTPUT_WIDTH, model.depth)
+    with torch.no_grad():
+        for name, value in model.params.items():
+            getattr(pkg, name).copy_(torch.from_numpy(value).reshape(getattr(pkg, name).shape))
+    pkg.eval()
+    w1, b1, w2, b2 = (torch.from_numpy(a) for a in (dense.w1, dense.b1, dense.w2, dense.b2))
+
+    def torch_dense(x):
+        with torch.inference_mode():
+            return torch.addmm(b2, torch.addmm(b1, torch.from_numpy(x), w1).relu_(), w2).numpy()
+
+    def torch_pkg(x):
+        with torch.inference_mode():
+            return pkg.eval_forward(torch.from_numpy(x)).numpy()
+
+    return torch_dense, torch_pkg
+
+
+def _pool(rng, batch, quick):
+    count = max(2, min(64 if not quick else 4, POOL_BYTES // (batch * INPUT_WIDTH * 4)))
+    return [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(count)]
+
+
+def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng):
+    model = FFF(INPUT_WIDTH, leaf, OUTPUT_WIDTH, depth, dtype="float32", seed=0)
+    dense = DenseNumPy(width, rng)
+    torch_dense = torch_pkg = None
+    if use_torch:
+        torch_dense, torch_pkg = _torch_methods(model, dense, threads)
+    rows, checks = [], {}
+    budget = 0.3 if quick else 1.0
+    for batch in batches:
+        pool = _pool(rng, batch, quick)
+        P = len(pool)
+        # --- correctness, before any timing ---------------------------------------------------------
+        xc = pool[0][:256]
+        leaves, y64, margin = reference64(model.params, depth, xc)
+        clear = margin > 1e-4
+        ok = {"fffcpu": bool(np.allclose(model.predict(xc, n_jobs=threads)[clear], y64[clear], rtol=1e-3, atol=1e-4)),
+              "route": bool(np.array_equal(model.route(xc, n_jobs=threads)[clear], leaves[clear])),
+              "dense NumPy": bool(np.allclose(dense(xc), dense.reference64(xc), rtol=1e-3, atol=1e-4))}
+        if use_torch:
+            ok["torch dense"] = bool(np.allclose(torch_dense(xc), dense.reference64(xc), rtol=1e-3, atol=1e-4))
+            pkg_out = torch_pkg(xc) + model.params["b2s"][leaves]  # eval_forward forgets b2
+            ok["torch package (+b2)"] = bool(np.allclose(pkg_out[clear], y64[clear], rtol=1e-3, atol=1e-4))
+        checks[(width, depth, batch)] = ok
+        if not all(ok.values()):
+            raise AssertionError(f"correctness check failed at width {width}, depth {depth}, batch {batch}: {ok}")
+        # --- timing --------------------------------------------------------------------------------
+        path = engine.choose_method(batch, threads)
+        t_fff, reps = median_time(lambda k: model.predict(pool[k % P], n_jobs=threads), budget=budget,
+                                  max_repeats=2000 if batch == 1 else 200)
+        slow = width * batch >= 2**26  # dense calls of a second or more: fewer repeats
+        t_dense, _ = median_time(lambda k: dense(pool[k % P]), budget=budget, min_repeats=2 if slow else 3,
+                                 max_repeats=500 if batch == 1 else 50)
+        t_td = t_pkg = None
+        if use_torch:
+            t_td, _ = median_time(lambda k: torch_dense(pool[k % P]), budget=budget, min_repeats=2 if slow else 3,
+                                  max_repeats=500 if batch == 1 else 50)
+            t_pkg, _ = median_time(lambda k: torch_pkg(pool[k % P]), budget=budget,
+                                   min_repeats=2 if leaf * batch >= 2**20 else 3, max_repeats=200)
+        # --- memory (one more call each, after timing) --------------------------------------------------
+        mem_fff = peak_memory(lambda: model.predict(pool[1 % P], n_jobs=threads))
+        dense.buffers = {}
+        mem_dense = peak_memory(lambda: dense(pool[1 % P]))
+        dense.buffers = {}
+        limit = width / (depth + leaf)
+        speedup = t_dense / t_fff
+        distinct = len(np.unique(model.route(pool[0], n_jobs=threads)))
+        rows.append(dict(width=width, depth=depth, leaf=leaf, batch=batch, path=path, repeats=reps,
+                         fff=batch / t_fff, dense=batch / t_dense, speedup=speedup, limit=limit,
+                         fraction=speedup / limit,
+                         torch_dense=None if t_td is None else batch / t_td,
+                         torch_pkg=None if t_pkg is None else batch / t_pkg,
+                         vs_pkg=None if t_pkg is None else t_pkg / t_fff,
+                         mem_fff=mem_fff, mem_dense=mem_dense, distinct_leaves=distinct,
+                         t_fff=t_fff, t_dense=t_dense, t_pkg=t_pkg))
+        print(f"  width {width:>6} depth {depth:>2} leaf {leaf:>5} batch {batch:>5}: fffcpu {fmt_rate(batch / t_fff)}/s "
+              f"({path}), dense {fmt_rate(batch / t_dense)}/s, speedup {speedup:.0f}x (limit {limit:.0f}x)"
+              + (f", torch pkg {fmt_rate(batch / t_pkg)}/s ({t_pkg / t_fff:.0f}x)" if t_pkg else ""), flush=True)
+    return rows, checks
+
+
+def evaluate_targets(rows, use_torch):
+    out = []
+    for text, where, key, threshold in TARGETS:
+        hits = [r for r in rows if all(r[k] == v for k, v in where.items())]
+        if not hits:
+            out.append((text, "not in this grid", "–"))
+            continue
+        value = hits[0][key]
+        out.append((text, f"{value:.0f}x", "met" if value >= threshold else "missed"))
+    text = "every grid point with leaf ≤ 128, batch 256: ≥ 100x the torch package's eval_forward"
+    pts = [r for r in rows if r["leaf"] <= 128 and r["batch"] == 256]
+    if not use_torch:
+        out.append((text, "torch not installed", "–"))
+    elif not pts:
+        out.append((text, "not in this grid", "–"))
+    else:
+        worst = min(pts, key=lambda r: r["vs_pkg"])
+        n_ok = sum(r["vs_pkg"] >= 100 for r in pts)
+        out.append((text, f"{n_ok}/{len(pts)} points; lowest {worst['vs_pkg']:.0f}x (width {worst['width']}, depth "
+                          f"{worst['depth']}, leaf {worst['leaf']})", "met" if n_ok == len(pts) else "missed"))
+    return out
+
+
+def bytes_moved(r):
+    """Lower bound on the bytes one fffcpu call must read from memory: the weights of every distinct leaf reached
+    (W1, b1, W2, b2), one node row per level for every distinct path prefix (bounded by the samples), and the input."""
+    f = 4
+    leaf_bytes = (INPUT_WIDTH * r["leaf"] + r["leaf"] + r["leaf"] * OUTPUT_WIDTH + OUTPUT_WIDTH) * f
+    node_rows = sum(min(r["batch"], 2**k) for k in range(r["depth"]))
+    return r["distinct_leaves"] * leaf_bytes + node_rows * (INPUT_WIDTH + 1) * f + r["batch"] * INPUT_WIDTH * f
+
+
+def bounds(rows, bandwidth, use_torch):
+    """For the target points: the fastest an fffcpu call could be if it only had to stream its bytes at the
+    measured bandwidth, and the speedup that would give (vs dense NumPy, and vs the torch package)."""
+    pts = [r for r in rows if (r["depth"], r["leaf"]) in ((12, 16), (9, 16))]
+    if use_torch:
+        pts += [r for r in rows if r["leaf"] <= 128 and r["batch"] == 256 and r not in pts]
+    out = []
+    for r in pts:
+        b = bytes_moved(r)
+        t_min = b / bandwidth
+        macs = r["batch"] * (r["depth"] * INPUT_WIDTH + INPUT_WIDTH * r["leaf"] + r["leaf"] * OUTPUT_WIDTH)
+        out.append([r["width"], r["depth"], r["leaf"], r["batch"], r["distinct_leaves"], fmt_bytes(b),
+                    f"{t_min * 1e6:.0f} µs", f"{r['t_fff'] * 1e6:.0f} µs", f"{macs / r['t_fff'] / 1e9:.1f}",
+                    fmt_x(r["t_dense"] / t_min), fmt_x(r["speedup"]),
+                    fmt_x(r["t_pkg"] / t_min) if r["t_pkg"] else "–", fmt_x(r["vs_pkg"])])
+    headers = ["width", "depth", "ℓ", "batch", "distinct leaves", "bytes read (lower bound)",
+               "time at measured bandwidth", "measured fffcpu time", "fffcpu GMAC/s",
+               "speedup bound vs dense", "measured speedup", "bound vs torch pkg", "measured vs torch pkg"]
+    return table(headers, out)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for batch, marker in zip(sorted({r["batch"] for r in rows}), "osD^"):
+        pts = sorted((r for r in rows if r["batch"] == batch), key=lambda r: r["limit"])
+        ax.loglog([r["limit"] for r in pts], [r["speedup"] for r in pts], marker, label=f"fffcpu, batch {batch}")
+    lim = [min(r["limit"] for r in rows), max(r["limit"] for r in rows)]
+    ax.loglog(lim, lim, "k--", lw=1, label="theoretical limit (training width / inference size)")
+    ax.set_xlabel("theoretical limit = 2^d·ℓ / (d + ℓ)")
+    ax.set_ylabel("speedup over dense NumPy FF (same training width)")
+    ax.set_title("FFF hard inference vs dense FF, float32, 784→10")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None, plot_path=None) -> Section:
+    widths = widths or (QUICK_WIDTHS if quick else WIDTHS)
+    depths = depths or (QUICK_DEPTHS if quick else DEPTHS)
+    batches = batches or (QUICK_BATCHES if quick else BATCHES)
+    use_torch = have_torch()
+    rng = np.random.default_rng(12345)
+    fffcpu.warmup()
+    numba.set_num_threads(threads)
+    rows, checks = [], {}
+    with threadpool_limits(limits=threads):
+        for width, depth, leaf in grid(widths, depths):
+            r, c = measure_point(width, depth, leaf, batches, threads=threads, quick=quick, use_torch=use_torch, rng=rng)
+            rows += r
+            checks.update(c)
+    headers = ["training width", "depth", "leaf ℓ", "batch", "fffcpu path", "fffcpu samples/s", "dense NumPy samples/s",
+               "speedup", "limit", "fraction of limit", "torch dense samples/s", "torch pkg samples/s",
+               "fffcpu / torch pkg", "peak mem fffcpu", "peak mem dense"]
+    body = [[r["width"], r["depth"], r["leaf"], r["batch"], r["path"], fmt_rate(r["fff"]), fmt_rate(r["dense"]),
+             fmt_x(r["speedup"]), fmt_x(r["limit"]), f"{r['fraction']:.0%}", fmt_rate(r["torch_dense"]),
+             fmt_rate(r["torch_pkg"]), fmt_x(r["vs_pkg"]), fmt_bytes(r["mem_fff"]), fmt_bytes(r["mem_dense"])]
+            for r in rows]
+    targets = evaluate_targets(rows, use_torch)
+    bandwidth = read_bandwidth(threads)
+    md = [
+        f"Input {INPUT_WIDTH}, output {OUTPUT_WIDTH}, ReLU, float32, {threads} threads for every library. "
+        "Samples/s are medians over repeated calls after a warm-up call; every call gets a different input batch. "
+        "`speedup` = dense NumPy time / fffcpu time; `limit` = training width / inference size (2^d·ℓ / (d + ℓ)); "
+        "peak memory = peak resident memory one call adds (VmHWM), buffers included (the dense FF allocates its "
+        "(batch, width) hidden buffer). Correctness of every method was checked against a float64 reference before "
+        "timing" + (" (torch package: its `eval_forward` output plus the `b2s` bias it omits)." if use_torch else
+                    "; torch is not installed, so the torch columns are empty."),
+        "",
+        table(headers, body),
+        "",
+        "Targets (measured in this run):",
+        "",
+        table(["target", "measured", "status"], targets),
+        "",
+        f"Bandwidth bound: a parallel sum over 512 MiB reads memory at {bandwidth / 1e9:.1f} GB/s with {threads} threads "
+        "on this machine. The table gives, for the target points, the bytes an fffcpu call must at least read (the "
+        "distinct leaves' weights, the node rows, the input), the time that takes at that bandwidth, and the speedup "
+        "that time would give over the measured dense and torch-package times: a target above its bound cannot be "
+        "met by any kernel on this machine. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only. Python-level call overhead (validation, dispatch: about 3 µs per call) is not in the bound and dominates at batch 1.",
+        "",
+        bounds(rows, bandwidth, use_torch),
+    ]
+    if plot_path:
+        plot(rows, plot_path)
+    return Section("Hard inference: fffcpu vs dense FF and the PyTorch package", "\n".join(md), rows, checks,
+                   {"targets": targets, "bandwidth": bandwidth})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(run(args.quick).markdown)
+
+
+if __name__ == "__main__":
+    main()

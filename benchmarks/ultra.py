@@ -1,0 +1,253 @@
+"""UltraFFF (UltraFastBERT-1x11) against dense feedforward layers on the CPU: inference and one training step.
+
+Run from the repository root::
+
+    python -m benchmarks.ultra            # the full benchmark (about two minutes on 2 cores)
+    python -m benchmarks.ultra --quick    # fewer repeats, no batch 16384
+
+Configuration of arXiv 2311.10770 §3.2 (spec §2): input = output = 768, depth 11 (4095 neurons, 12 used per token),
+float32, 2 threads everywhere (Numba, BLAS, torch). Baselines: the dense FF ``y = GELU(x W1 + b1) W2 + b2`` of width
+3072 (BERT-base) and 4095 (the same number of neurons), NumPy matmul into preallocated buffers, exact-erf GELU in
+place; PyTorch dense (``nn.Linear`` + GELU under ``inference_mode``) when torch is installed. Every figure is the
+median of several timed calls of the public API (``UltraFFF.predict``), after a warm-up call.
+
+Training: one forward + backward step (input gradient included, as for a layer inside a network) at batch 2048, the
+path kernels against the dense-masked formulation of the UltraFastBERT training code (all 4095 logits, off-path
+activations masked) in NumPy (``fffcpu.models.ultra.masked_forward/backward``) and in torch autograd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import time
+
+import numba
+import numpy as np
+from scipy.special import erf
+from threadpoolctl import threadpool_limits
+
+from fffcpu import UltraFFF
+from fffcpu.models.ultra import masked_backward, masked_forward
+
+WIDTH, DEPTH, THREADS = 768, 11, 2
+BATCHES = (1, 16, 128, 2048, 16384)
+
+
+def median_time(fn, *, min_seconds=0.3, max_repeats=200, min_repeats=3):
+    """Median wall time of ``fn()`` over enough calls to fill ``min_seconds`` (after one warm-up call)."""
+    fn()
+    times = []
+    started = time.perf_counter()
+    while len(times) < min_repeats or (time.perf_counter() - started < min_seconds and len(times) < max_repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+class DenseNumpy:
+    """Dense FF with preallocated buffers: matmul(out=), bias, exact GELU in place, matmul(out=)."""
+
+    def __init__(self, hidden, rng):
+        bound_in, bound_hidden = 1 / math.sqrt(WIDTH), 1 / math.sqrt(hidden)
+        self.w1 = rng.uniform(-bound_in, bound_in, (WIDTH, hidden)).astype(np.float32)
+        self.b1 = rng.uniform(-bound_in, bound_in, hidden).astype(np.float32)
+        self.w2 = rng.uniform(-bound_hidden, bound_hidden, (hidden, WIDTH)).astype(np.float32)
+        self.b2 = rng.uniform(-bound_hidden, bound_hidden, WIDTH).astype(np.float32)
+        self.hidden = hidden
+        self.nbytes = sum(a.nbytes for a in (self.w1, self.b1, self.w2, self.b2))
+
+    def buffers(self, n):
+        return (np.empty((n, self.hidden), np.float32), np.empty((n, self.hidden), np.float32),
+                np.empty((n, WIDTH), np.float32))
+
+    def __call__(self, x, h, tmp, y):
+        np.matmul(x, self.w1, out=h)
+        h += self.b1
+        np.multiply(h, np.float32(1 / math.sqrt(2)), out=tmp)
+        erf(tmp, out=tmp)
+        tmp += 1
+        tmp *= 0.5
+        h *= tmp
+        np.matmul(h, self.w2, out=y)
+        y += self.b2
+        return y
+
+
+def torch_dense(hidden):
+    import torch
+
+    layer = torch.nn.Sequential(torch.nn.Linear(WIDTH, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, WIDTH))
+    layer.eval()
+
+    def run(x):
+        with torch.inference_mode():
+            return layer(x)
+
+    return run
+
+
+def have_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def inference(batches, quick):
+    rng = np.random.default_rng(0)
+    model = UltraFFF(WIDTH, WIDTH, DEPTH, seed=0)
+    row_bytes = (2 * WIDTH + 1) * 4
+    dense = {3072: DenseNumpy(3072, rng), 4095: DenseNumpy(4095, rng)}
+    torch_ok = have_torch()
+    if torch_ok:
+        import torch
+
+        torch.set_num_threads(THREADS)
+        tdense = {h: torch_dense(h) for h in (3072, 4095)}
+    rows = []
+    for n in batches:
+        x = rng.standard_normal((n, WIDTH), dtype=np.float32)
+        budget = 0.2 if quick else 0.5
+        time.sleep(0.1)  # let idle OpenMP workers of the previous Numba call stop spinning before BLAS runs
+        t_dense = {}
+        for h, layer in dense.items():
+            bufs = layer.buffers(n)
+            t_dense[h] = median_time(lambda: layer(x, *bufs), min_seconds=budget, min_repeats=3)
+            del bufs
+        t_torch = {}
+        if torch_ok:
+            xt = torch.from_numpy(x)
+            for h, run in tdense.items():
+                t_torch[h] = median_time(lambda: run(xt), min_seconds=budget)
+        t_ultra = median_time(lambda: model.predict(x), min_seconds=budget)
+        nodes = model.route(x)  # leaves; distinct rows touched = distinct path nodes of the batch
+        distinct = _distinct_path_nodes(nodes[:, 0], DEPTH)
+        rows.append({
+            "n": n, "ultra": t_ultra, "dense": t_dense, "torch": t_torch,
+            "path_bytes": (DEPTH + 1) * row_bytes, "distinct_bytes": distinct * row_bytes / n,
+        })
+        print(f"  batch {n:>6}: UltraFFF {n / t_ultra:>12,.0f} tok/s; dense-3072 {n / t_dense[3072]:>10,.0f} tok/s "
+              f"({t_dense[3072] / t_ultra:6.1f}x)", flush=True)
+    return rows, dense[3072].nbytes, dense[4095].nbytes
+
+
+def _distinct_path_nodes(leaves, depth):
+    """Number of distinct nodes on the paths to ``leaves`` (every prefix of every leaf id)."""
+    total = 0
+    for level in range(depth + 1):
+        total += len(np.unique(leaves >> (depth - level)))
+    return total
+
+
+def training(n, quick):
+    rng = np.random.default_rng(1)
+    model = UltraFFF(WIDTH, WIDTH, DEPTH, seed=1)
+    x = rng.standard_normal((n, WIDTH), dtype=np.float32)
+    g = rng.standard_normal((n, WIDTH), dtype=np.float32) / n
+    budget = 0.3 if quick else 1.0
+
+    def path_step():
+        model.forward(x)
+        return model.backward(g, input_grad=True)
+
+    def masked_step():
+        cache = masked_forward(model.params, x, DEPTH)
+        return masked_backward(model.params, cache, g, input_grad=True)
+
+    out = {"path": median_time(path_step, min_seconds=budget), "masked_numpy": median_time(masked_step, min_seconds=budget)}
+    if have_torch():
+        import torch
+
+        w_in = torch.tensor(model.params["w_in"][0], requires_grad=True)
+        b_in = torch.tensor(model.params["b_in"][0], requires_grad=True)
+        w_out = torch.tensor(model.params["w_out"][0], requires_grad=True)
+        xt, gt = torch.tensor(x, requires_grad=True), torch.tensor(g)
+        steps = torch.arange(DEPTH + 1)
+
+        def torch_step():
+            for p in (w_in, b_in, w_out, xt):
+                p.grad = None
+            logits = xt @ w_in.T + b_in  # (n, 4095): every logit, as UltraFastBERT's training code
+            with torch.no_grad():  # the hard path: no gradient through the choice
+                node = torch.zeros(n, dtype=torch.long)
+                mask = torch.zeros_like(logits, dtype=torch.bool)
+                rows = torch.arange(n)
+                for _ in steps:
+                    mask[rows, node] = True
+                    node = 2 * node + 1 + (logits[rows, node] > 0).long()
+            y = (torch.nn.functional.gelu(logits) * mask) @ w_out
+            y.backward(gt)
+
+        torch_step()
+        np.testing.assert_allclose(xt.grad.numpy(), path_step(), rtol=1e-3, atol=1e-6)  # same function
+        out["masked_torch"] = median_time(torch_step, min_seconds=budget)
+    return out
+
+
+def fmt_rate(v):
+    return f"{v:,.0f}"
+
+
+def report(rows, dense_bytes, dense4095_bytes, train, n_train):
+    lim3072, lim4095 = 3072 / 12, 4095 / 12
+    lines = ["### Inference: tokens/s (2 threads, float32, input = output = 768)", "",
+             "| batch | UltraFFF 1x11 | dense NumPy 3072 | dense NumPy 4095 | torch dense 3072 | speedup vs 3072 "
+             "| of 256x | speedup vs 4095 | of 341x | vs torch 3072 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        n, tu, td = r["n"], r["ultra"], r["dense"]
+        s3, s4 = td[3072] / tu, td[4095] / tu
+        tt = r["torch"].get(3072)
+        lines.append(
+            f"| {n} | {fmt_rate(n / tu)} | {fmt_rate(n / td[3072])} | {fmt_rate(n / td[4095])} | "
+            f"{fmt_rate(n / tt) if tt else '-'} | **{s3:.1f}x** | {s3 / lim3072:.0%} | {s4:.1f}x | {s4 / lim4095:.0%} | "
+            f"{f'{tt / tu:.1f}x' if tt else '-'} |")
+    lines += ["", "### Bytes and bandwidth", "",
+              "| batch | UltraFFF path bytes/token (12 rows, no reuse) | distinct rows of the batch, bytes/token "
+              "| implied bandwidth without reuse | with full reuse | dense-3072 weight bytes/token | dense-3072 GFLOP/s "
+              "| UltraFFF GFLOP/s |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    flop_ultra = 12 * 4 * WIDTH
+    flop_dense = 4 * WIDTH * 3072
+    for r in rows:
+        n, tu, td = r["n"], r["ultra"], r["dense"][3072]
+        rate = n / tu
+        lines.append(
+            f"| {n} | {r['path_bytes'] / 1e3:.1f} kB | {r['distinct_bytes'] / 1e3:.1f} kB | "
+            f"{r['path_bytes'] * rate / 1e9:.1f} GB/s | {r['distinct_bytes'] * rate / 1e9:.2f} GB/s | "
+            f"{dense_bytes / n / 1e3:,.1f} kB | {flop_dense * n / td / 1e9:.0f} | {flop_ultra * rate / 1e9:.1f} |")
+    lines += ["", f"### Training: one forward + backward step (input gradient included), batch {n_train}", "",
+              "| implementation | ms/step | UltraFFF path kernels are |", "|---|---:|---:|"]
+    for key, label in (("path", "UltraFFF path kernels (Numba)"),
+                       ("masked_numpy", "dense-masked, NumPy (UltraFastBERT formulation)"),
+                       ("masked_torch", "dense-masked, torch autograd")):
+        if key in train:
+            ratio = "-" if key == "path" else f"**{train[key] / train['path']:.1f}x** faster"
+            lines.append(f"| {label} | {train[key] * 1e3:.1f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, no batch 16384")
+    args = parser.parse_args(argv)
+    numba.set_num_threads(THREADS)
+    batches = BATCHES[:-1] if args.quick else BATCHES
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {load:.2f}, "
+          f"numba {numba.__version__} ({numba.get_num_threads()} threads), numpy {np.__version__}", flush=True)
+    with threadpool_limits(THREADS):
+        rows, dense_bytes, dense4095_bytes = inference(batches, args.quick)
+        n_train = 2048
+        train = training(n_train, args.quick)
+    print()
+    print(report(rows, dense_bytes, dense4095_bytes, train, n_train))
+
+
+if __name__ == "__main__":
+    main()
