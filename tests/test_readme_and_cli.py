@@ -97,3 +97,25 @@ def test_bench_prints_a_row_per_depth():
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines()[1:]]
     assert [r[0] for r in rows] == ["1", "3"] and [r[1] for r in rows] == ["4", "16"]
+
+
+def test_train_on_idx_files_uses_t10k_as_test_set(tmp_path):
+    from test_datasets import write_mnist
+
+    write_mnist(tmp_path, "train", n=60, gz=".gz")
+    write_mnist(tmp_path, "t10k", n=20)
+    result = run_cli("train", "--data", f"idx:{tmp_path}", "--depth", "1", "--leaf-width", "2", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert "60 training and 20 test samples" in result.stderr  # t10k files became the test set
+    assert "training" in result.stderr  # progress bar without --quiet
+
+
+def test_console_script_is_installed():
+    import shutil
+    from pathlib import Path
+
+    script = shutil.which("fffcpu", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("fffcpu is not installed as a package here (no console script next to the interpreter)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout
