@@ -38,9 +38,12 @@ def test_demo_prints_the_comparison_table():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     ff = next(line for line in lines if line.startswith("FF width 128"))
-    fff = next(line for line in lines if line.startswith("FFF depth 4, leaf 8"))
-    assert "12 of 143" in fff and ff.split()[5] == "128"
-    assert len(re.findall(r"\d+\.\d%", fff)) == 2  # soft and hard accuracy
+    soft = next(line for line in lines if line.startswith("FFF soft + hardening"))
+    hard = next(line for line in lines if line.startswith("FFF hard, straight-through"))
+    assert "128 of 128" in ff
+    for row in (soft, hard):
+        assert "12 of 143" in row and re.search(r"\b\d+ of 16\b", row)  # neurons per input, leaves used
+        assert len(re.findall(r"\d+\.\d%", row)) == 2  # soft and hard accuracy
 
 
 def test_cli_errors_are_one_line_and_nonzero():

@@ -132,3 +132,13 @@ def test_integer_features_are_converted():
     X = np.random.default_rng(0).integers(0, 16, size=(50, 4))
     history = train(FFF(4, 2, 3, 2, seed=0), X, np.arange(50) % 3, epochs=1, progress=False)
     assert np.isfinite(history["loss"][0])
+
+
+def test_straight_through_hard_training_uses_many_leaves(digits):
+    """Soft training with a strong hardening weight can route every test image to one leaf; hard training with
+    straight-through gradients keeps the tree in use and is accurate where it is deployed (hard)."""
+    X_train, X_test, y_train, y_test = digits
+    model = FFF(64, 8, 10, 4, train_hardened=True, straight_through=True, seed=0)
+    train(model, X_train, y_train, lr=1e-2, epochs=40, batch_size=64, seed=0, progress=False)
+    assert np.mean(model.predict(X_test).argmax(axis=1) == y_test) >= 0.93
+    assert len(np.unique(model.route(X_test))) >= 4
