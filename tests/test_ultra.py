@@ -1,6 +1,7 @@
 """UltraFFF (spec §2): the path kernels against the per-sample references of tests/naive_ultra.py and the NumPy
 masked formulation, gradients against central differences and torch autograd, state dicts, save/load, training."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -430,3 +431,62 @@ def test_set_params_checks_shapes_and_copy_is_independent():
     clone.params["w_out"][...] += 1
     assert not np.array_equal(clone.predict(x), model.predict(x))
     assert "12 used" not in model.summary() and f"{model.inference_size} used per input" in model.summary()
+
+
+# --- vector primitives and the fast path of predict ---------------------------------------------------------------
+
+
+@numba.njit
+def _call_dot(a, b):
+    return kernels._dot(a, b)
+
+
+@numba.njit
+def _call_dot4(a, b):
+    return kernels._dot4(a[0], a[1], a[2], a[3], b)
+
+
+@numba.njit
+def _call_path_output(y, w_out, nodes, acts):
+    kernels._path_output(y, w_out, nodes, acts)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("width", [1, 5, 15, 16, 63, 64, 65, 200, 768])
+def test_dot_primitives_fixed_order(width, dtype):
+    """_dot4 gives the bits of four _dot calls (one row load serves four inputs) and both are dot products."""
+    rng = np.random.default_rng(width)
+    a = rng.normal(size=(4, width)).astype(dtype)
+    b = rng.normal(size=width).astype(dtype)
+    singles = np.array([_call_dot(a[i], b) for i in range(4)])
+    quad = np.array(_call_dot4(a, b))
+    np.testing.assert_array_equal(quad, singles)
+    np.testing.assert_allclose(singles, a.astype(np.float64) @ b.astype(np.float64), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("output_width", [1, 7, 64, 100, 768])
+def test_path_output_sums_in_path_order(output_width, dtype):
+    rng = np.random.default_rng(output_width)
+    trees, n_nodes, levels = 2, 7, 3
+    w_out = rng.normal(size=(trees, n_nodes, output_width)).astype(dtype)
+    nodes = np.array([[0, 2, 5], [0, 1, 4]], dtype=np.int64)
+    acts = rng.normal(size=(trees, levels)).astype(dtype)
+    y = np.empty(output_width, dtype)
+    _call_path_output(y, w_out, nodes, acts)
+    expected = np.zeros(output_width, dtype)
+    for t in range(trees):
+        for level in range(levels):  # the same order and rounding as the kernel: y = y + a u, from 0
+            expected = expected + acts[t, level] * w_out[t, nodes[t, level]]
+    np.testing.assert_array_equal(y, expected)
+
+
+def test_predict_fast_path_equals_checked_path():
+    """Already-valid input (C-contiguous, model dtype) skips validation and copies; the result is the same."""
+    model, rng = random_model(4, "float32", seed=21, trees=2)
+    x = rng.normal(size=(5, model.input_width)).astype(np.float32)
+    fast = model.predict(x)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(x)), fast)
+    np.testing.assert_array_equal(model.predict(x.tolist()), fast)
+    np.testing.assert_array_equal(model.predict(x[:1]), fast[:1])
+    np.testing.assert_array_equal(np.concatenate([model.predict(x[i:i + 1]) for i in range(5)]), fast)

@@ -1,21 +1,28 @@
 """Numba kernels of the UltraFastBERT layer (``UltraFFF``, spec §2) that touch only the root-to-leaf paths.
 
-Every kernel takes arrays and scalars only; ``fffcpu.models.ultra.UltraFFF`` validates and converts, and picks a
-serial or a parallel kernel by batch size. Nothing is compiled at import time (lazy ``@njit``, ``cache=True``).
+Every kernel takes arrays and scalars only; ``fffcpu.models.ultra.UltraFFF`` validates and converts, and the
+functions at the end of this module (``forward``, ``predict``, ``route``, ``backward``) pick a kernel by batch size.
+Nothing is compiled at import time (lazy ``@njit``, ``cache=True``).
 
 Layout (heap order per tree, spec §2): ``w_in`` (trees, N, input_width), ``b_in`` (trees, N),
 ``w_out`` (trees, N, output_width) with N = 2**(depth + 1) - 1; a path visits ``depth + 1`` nodes,
 root 0 first, and the next node is ``2 n + 1 + [z_n > 0]`` (strict: a logit of exactly 0 goes left).
 
-Floating point: only the dot products (``_dot``) are compiled with ``fastmath={"reassoc", "contract"}`` so LLVM
-may vectorise the reduction; the comparison ``z > 0`` lives in functions without fastmath flags, and no
-``nnan``/``ninf`` flag is ever set, so a NaN logit compares false (goes left) and 0 goes left, as the reference.
-Routes can differ from a reference computed in another summation order only where ``|z|`` is at rounding level.
+Floating point. The dot products (``_dot``, ``_dot4``) and the output sums (``_path_output``) are written in LLVM IR
+(``numba.extending.intrinsic``) with AVX-512-sized vectors and a summation order fixed by the code, not by the
+compiler: lane j of accumulator i sums the elements ``64 k + 16 i + j`` (float32; 8 lanes for float64), the four
+accumulators are added as (a0 + a1) + (a2 + a3), the lanes by halving, then the tail elements one by one. No
+fast-math flag is set anywhere (no reassociation, no FMA contraction, no ``nnan``): every path kernel (one input,
+four inputs sharing a row, serial, parallel, grouped by subtree) therefore gives the same bits for an input, a
+logit of exactly 0 and a NaN logit go left as in the reference, and routes differ from a reference summed in
+another order only where ``|z|`` is at rounding level. Output element o is ``((0 + a_0 u_0[o]) + a_1 u_1[o]) + ...``
+over trees then levels, in every kernel.
 
 Races: outputs are owned. Per-sample arrays (``y``, ``dx``, the path caches) are written by the thread that owns
-the sample; the weight gradients are written by the thread that owns a block of columns (all nodes, all samples,
-columns ``c0:c1``), after the path entries are grouped by node (a counting sort), so no two threads ever add into
-the same element, every row is written once in order, and the sums do not depend on the thread count.
+the sample (or the segment of samples); the weight gradients are written by the thread that owns a block of
+columns (all nodes, all samples, columns ``c0:c1``), after the path entries are grouped by node (a counting sort),
+so no two threads ever add into the same element, every row is written once in order, and the sums do not depend
+on the thread count.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-__all__ = ["ACTIVATION_CODES", "forward", "predict", "route", "backward", "split_level"]
+__all__ = ["ACTIVATION_CODES", "forward", "predict", "route", "backward", "split_level", "predict_kernel"]
 
 #: Activation name -> integer code understood by the kernels.
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "identity": 4}
@@ -41,27 +51,183 @@ SUBTREE_CACHE_BYTES = 512 * 1024
 #: Batches from this size on run the grouped forward (``_forward_grouped``) rather than the per-input kernel.
 GROUPED_MIN_BATCH = 256
 
+#: Inputs the grouped kernel walks together, level by level (their input rows stay in L2 between levels):
+#: a subtree's inputs are cut into segments of at most this many, and each segment is one task of the ``prange``.
+SEGMENT = 256
+
+#: Bytes of one vector register (AVX-512) and the number of independent vector accumulators of a dot product.
+VECTOR_BYTES = 64
+DOT_ACCUMULATORS = 4
+
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+# --- vector primitives in LLVM IR -----------------------------------------------------------------------------
+
+
+def _vector_type(dtype):
+    """(LLVM element type, lanes per vector register) of a Numba float type."""
+    element = ir.FloatType() if dtype.bitwidth == 32 else ir.DoubleType()
+    return element, VECTOR_BYTES * 8 // dtype.bitwidth
+
+
+def _is_float_array(ty, ndim):
+    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C" and ty.dtype in (types.float32,
+                                                                                                types.float64)
+
+
+def _load_vector(builder, ptr, offset, vty, align):
+    return builder.load(builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer()), align=align)
+
+
+def _ir_dots(builder, a_ptrs, b_ptr, n, dtype):
+    """IR of ``[a · b for a in a_ptrs]`` (vectors of length n): each row of b is loaded once for all of them,
+    and each dot product has the same instructions, in the same order, as when it is computed alone."""
+    element, width = _vector_type(dtype)
+    vty = ir.VectorType(element, width)
+    align = dtype.bitwidth // 8
+    intp = n.type
+    chunk = width * DOT_ACCUMULATORS
+    zero = ir.Constant(vty, [0.0] * width)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(DOT_ACCUMULATORS)] for _ in a_ptrs]
+    n_chunks = builder.sdiv(n, intp(chunk))
+    with cgutils.for_range(builder, n_chunks) as loop:
+        base = builder.mul(loop.index, intp(chunk))
+        for i in range(DOT_ACCUMULATORS):
+            offset = builder.add(base, intp(i * width))
+            vb = _load_vector(builder, b_ptr, offset, vty, align)
+            for acc, a_ptr in zip(accs, a_ptrs):
+                va = _load_vector(builder, a_ptr, offset, vty, align)
+                builder.store(builder.fadd(builder.load(acc[i]), builder.fmul(va, vb)), acc[i])
+    tails = [cgutils.alloca_once_value(builder, ir.Constant(element, 0.0)) for _ in a_ptrs]
+    start = builder.mul(n_chunks, intp(chunk))
+    with cgutils.for_range(builder, builder.sub(n, start)) as loop:
+        i = builder.add(start, loop.index)
+        vb = builder.load(builder.gep(b_ptr, [i]))
+        for tail, a_ptr in zip(tails, a_ptrs):
+            va = builder.load(builder.gep(a_ptr, [i]))
+            builder.store(builder.fadd(builder.load(tail), builder.fmul(va, vb)), tail)
+    results = []
+    for acc, tail in zip(accs, tails):
+        v = [builder.load(a) for a in acc]
+        v = builder.fadd(builder.fadd(v[0], v[1]), builder.fadd(v[2], v[3]))
+        lanes = width
+        while lanes > 1:
+            half = lanes // 2
+            mask_type = ir.VectorType(ir.IntType(32), half)
+            lo = builder.shuffle_vector(v, v, ir.Constant(mask_type, list(range(half))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(mask_type, list(range(half, lanes))))
+            v = builder.fadd(lo, hi)
+            lanes = half
+        results.append(builder.fadd(builder.extract_element(v, ir.IntType(32)(0)), builder.load(tail)))
+    return results
+
+
+@intrinsic
+def _dot(typingctx, a, b):
+    """``a · b`` of two contiguous 1-D float arrays of equal length (the length of ``a`` is used)."""
+    if not (_is_float_array(a, 1) and _is_float_array(b, 1) and a.dtype == b.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arr_a = context.make_array(sig.args[0])(context, builder, args[0])
+        arr_b = context.make_array(sig.args[1])(context, builder, args[1])
+        n = builder.extract_value(arr_a.shape, 0)
+        return _ir_dots(builder, [arr_a.data], arr_b.data, n, sig.args[0].dtype)[0]
+
+    return a.dtype(a, b), codegen
+
+
+@intrinsic
+def _dot4(typingctx, a0, a1, a2, a3, b):
+    """``(a0 · b, a1 · b, a2 · b, a3 · b)``, each bitwise equal to ``_dot(ai, b)``; b is read once."""
+    arrays = (a0, a1, a2, a3, b)
+    if not all(_is_float_array(a, 1) and a.dtype == b.dtype for a in arrays):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arrs = [context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args)]
+        n = builder.extract_value(arrs[4].shape, 0)
+        dots = _ir_dots(builder, [a.data for a in arrs[:4]], arrs[4].data, n, sig.args[4].dtype)
+        return context.make_tuple(builder, sig.return_type, dots)
+
+    return types.UniTuple(b.dtype, 4)(a0, a1, a2, a3, b), codegen
+
+
+@intrinsic
+def _path_output(typingctx, yb, w_out, nodes_b, acts_b):
+    """``yb[o] = Σ_trees Σ_levels acts_b[t, l] w_out[t, nodes_b[t, l], o]`` summed in that order from 0.
+
+    ``yb`` (out,), ``w_out`` (trees, N, out), ``nodes_b`` (trees, levels) int64, ``acts_b`` (trees, levels); all
+    C-contiguous. Each block of 4 vectors of ``yb`` stays in registers over the whole path and is stored once."""
+    if not (_is_float_array(yb, 1) and _is_float_array(w_out, 3) and _is_float_array(acts_b, 2)
+            and isinstance(nodes_b, types.Array) and nodes_b.ndim == 2 and nodes_b.layout == "C"
+            and nodes_b.dtype == types.int64 and yb.dtype == w_out.dtype == acts_b.dtype):
+        return None
+
+    def codegen(context, builder, sig, args):
+        y, w, nodes, acts = (context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args))
+        dtype = sig.args[0].dtype
+        element, width = _vector_type(dtype)
+        vty = ir.VectorType(element, width)
+        align = dtype.bitwidth // 8
+        n_out = builder.extract_value(y.shape, 0)
+        intp = n_out.type
+        n_nodes = builder.extract_value(w.shape, 1)
+        trees = builder.extract_value(nodes.shape, 0)
+        levels = builder.extract_value(nodes.shape, 1)
+        chunk = width * DOT_ACCUMULATORS
+        n_chunks = builder.sdiv(n_out, intp(chunk))
+        zero = ir.Constant(vty, [0.0] * width)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+
+        def path(body):
+            """Call ``body(a, row_start)`` for every (tree, level) of the path, trees then levels."""
+            with cgutils.for_range(builder, trees) as tree:
+                with cgutils.for_range(builder, levels) as level:
+                    k = builder.add(builder.mul(tree.index, levels), level.index)
+                    node = builder.load(builder.gep(nodes.data, [k]))
+                    a = builder.load(builder.gep(acts.data, [k]))
+                    row = builder.mul(builder.add(builder.mul(tree.index, n_nodes), node), n_out)
+                    body(a, row)
+
+        accs = [cgutils.alloca_once(builder, vty) for _ in range(DOT_ACCUMULATORS)]
+        with cgutils.for_range(builder, n_chunks) as loop:
+            base = builder.mul(loop.index, intp(chunk))
+            for acc in accs:
+                builder.store(zero, acc)
+
+            def add_row(a, row):
+                av = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), a,
+                                                                  ir.IntType(32)(0)), ir.Constant(vty, ir.Undefined), mask)
+                start = builder.add(row, base)
+                for i, acc in enumerate(accs):
+                    u = _load_vector(builder, w.data, builder.add(start, intp(i * width)), vty, align)
+                    builder.store(builder.fadd(builder.load(acc), builder.fmul(av, u)), acc)
+
+            path(add_row)
+            for i, acc in enumerate(accs):
+                ptr = builder.bitcast(builder.gep(y.data, [builder.add(base, intp(i * width))]), vty.as_pointer())
+                builder.store(builder.load(acc), ptr, align=align)
+        total = cgutils.alloca_once(builder, element)
+        start = builder.mul(n_chunks, intp(chunk))
+        with cgutils.for_range(builder, builder.sub(n_out, start)) as loop:
+            o = builder.add(start, loop.index)
+            builder.store(ir.Constant(element, 0.0), total)
+
+            def add_element(a, row):
+                u = builder.load(builder.gep(w.data, [builder.add(row, o)]))
+                builder.store(builder.fadd(builder.load(total), builder.fmul(a, u)), total)
+
+            path(add_element)
+            builder.store(builder.load(total), builder.gep(y.data, [o]))
+        return context.get_dummy_value()
+
+    return types.none(yb, w_out, nodes_b, acts_b), codegen
+
+
 # --- scalar helpers -------------------------------------------------------------------------------------------
-
-
-@njit(cache=True, fastmath={"reassoc", "contract"})
-def _dot(a, b):
-    """``a · b`` for 1-D arrays of equal length >= 1; reassociation lets LLVM vectorise the sum."""
-    s = a[0] * b[0]
-    for i in range(1, a.shape[0]):
-        s += a[i] * b[i]
-    return s
-
-
-@njit(cache=True, fastmath={"contract"})
-def _axpy(a, u, y):
-    """``y += a u`` with fused multiply-adds (the output update; never part of a routing decision)."""
-    for o in range(y.shape[0]):
-        y[o] += a * u[o]
 
 
 @njit(cache=True)
@@ -99,14 +265,31 @@ def _activation_grad(z, code):
     return 1.0
 
 
-# --- one sample ------------------------------------------------------------------------------------------------
+@njit(cache=True)
+def _visit(b, t, level, node, z, code, nodes, logits, acts):
+    """Record the logit ``z`` of input ``b`` at ``node`` (tree ``t``, ``level``) and its next node, if any."""
+    logits[b, t, level] = z
+    acts[b, t, level] = _activation(z, code)  # stored in the array dtype: float32 models stay in float32
+    if level + 1 < nodes.shape[2]:
+        nodes[b, t, level + 1] = 2 * node + 1 + (1 if z > 0 else 0)
 
 
 @njit(cache=True)
-def _forward_one(xb, w_in, b_in, w_out, code, nodes_b, logits_b, acts_b, yb):
-    """Walk every tree for one sample: fill its path (nodes, logits, activations) and ``yb = Σ act(z_n) u_n``."""
+def _levels(n_nodes):
+    """depth + 1 of a tree of ``n_nodes`` = 2**(depth + 1) - 1 nodes."""
+    levels = 0
+    while (1 << (levels + 1)) - 1 <= n_nodes:
+        levels += 1
+    return levels
+
+
+# --- one input ------------------------------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _walk_one(xb, w_in, b_in, code, nodes_b, logits_b, acts_b):
+    """Walk every tree for one input: its path ``nodes_b`` (trees, levels), logits and activations."""
     trees, levels = nodes_b.shape
-    yb[:] = 0
     for t in range(trees):
         node = 0
         for level in range(levels):
@@ -114,28 +297,12 @@ def _forward_one(xb, w_in, b_in, w_out, code, nodes_b, logits_b, acts_b, yb):
             nodes_b[t, level] = node
             logits_b[t, level] = z
             acts_b[t, level] = _activation(z, code)
-            a = acts_b[t, level]  # in the array dtype, so the update below stays in float32 for float32 models
-            _axpy(a, w_out[t, node], yb)
-            node = 2 * node + 1 + (1 if z > 0 else 0)
-
-
-@njit(cache=True)
-def _predict_one(xb, w_in, b_in, w_out, code, levels, act_buf, yb):
-    """Hard inference for one sample, nothing kept: ``yb = Σ_trees Σ_path act(z_n) u_n``."""
-    yb[:] = 0
-    for t in range(w_in.shape[0]):
-        node = 0
-        for _ in range(levels):
-            z = _dot(xb, w_in[t, node]) + b_in[t, node]
-            act_buf[0] = _activation(z, code)
-            a = act_buf[0]
-            _axpy(a, w_out[t, node], yb)
             node = 2 * node + 1 + (1 if z > 0 else 0)
 
 
 @njit(cache=True)
 def _route_one(xb, w_in, b_in, depth, leaves_b):
-    """Leaf id (final node - (2**depth - 1)) of one sample in every tree."""
+    """Leaf id (final node - (2**depth - 1)) of one input in every tree."""
     first_leaf = (1 << depth) - 1
     for t in range(w_in.shape[0]):
         node = 0
@@ -145,33 +312,46 @@ def _route_one(xb, w_in, b_in, depth, leaves_b):
         leaves_b[t] = node - first_leaf
 
 
-# --- batch kernels: a serial and a parallel form of each ------------------------------------------------------
+# --- per-input batch kernels: a serial and a parallel form of each --------------------------------------------
 
 
 @njit(cache=True)
 def _forward_serial(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     for b in range(x.shape[0]):
-        _forward_one(x[b], w_in, b_in, w_out, code, nodes[b], logits[b], acts[b], y[b])
+        _walk_one(x[b], w_in, b_in, code, nodes[b], logits[b], acts[b])
+        _path_output(y[b], w_out, nodes[b], acts[b])
 
 
 @njit(cache=True, parallel=True)
 def _forward_parallel(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     for b in prange(x.shape[0]):
-        _forward_one(x[b], w_in, b_in, w_out, code, nodes[b], logits[b], acts[b], y[b])
+        _walk_one(x[b], w_in, b_in, code, nodes[b], logits[b], acts[b])
+        _path_output(y[b], w_out, nodes[b], acts[b])
 
 
 @njit(cache=True)
-def _predict_serial(x, w_in, b_in, w_out, code, levels, y):
-    act_buf = np.empty(1, dtype=y.dtype)
+def _predict_serial(x, w_in, b_in, w_out, code, y):
+    """Hard inference, nothing kept (one path buffer for the whole call); the batch-1 kernel."""
+    trees, n_nodes = b_in.shape
+    levels = _levels(n_nodes)
+    nodes_b = np.empty((trees, levels), dtype=np.int64)
+    logits_b = np.empty((trees, levels), dtype=y.dtype)
+    acts_b = np.empty((trees, levels), dtype=y.dtype)
     for b in range(x.shape[0]):
-        _predict_one(x[b], w_in, b_in, w_out, code, levels, act_buf, y[b])
+        _walk_one(x[b], w_in, b_in, code, nodes_b, logits_b, acts_b)
+        _path_output(y[b], w_out, nodes_b, acts_b)
 
 
 @njit(cache=True, parallel=True)
-def _predict_parallel(x, w_in, b_in, w_out, code, levels, y):
+def _predict_parallel(x, w_in, b_in, w_out, code, y):
+    trees, n_nodes = b_in.shape
+    levels = _levels(n_nodes)
     for b in prange(x.shape[0]):
-        act_buf = np.empty(1, dtype=y.dtype)
-        _predict_one(x[b], w_in, b_in, w_out, code, levels, act_buf, y[b])
+        nodes_b = np.empty((trees, levels), dtype=np.int64)
+        logits_b = np.empty((trees, levels), dtype=y.dtype)
+        acts_b = np.empty((trees, levels), dtype=y.dtype)
+        _walk_one(x[b], w_in, b_in, code, nodes_b, logits_b, acts_b)
+        _path_output(y[b], w_out, nodes_b, acts_b)
 
 
 @njit(cache=True)
@@ -186,9 +366,123 @@ def _route_parallel(x, w_in, b_in, depth, leaves):
         _route_one(x[b], w_in, b_in, depth, leaves[b])
 
 
+# --- grouped by subtree: several inputs share each weight row ---------------------------------------------------
+
+
+@njit(cache=True)
+def _walk_segment(x, w_in, b_in, code, t, seg, level0, level1, nodes, logits, acts, tmp):
+    """Walk the inputs ``seg`` of tree ``t`` from ``level0`` to ``level1`` (exclusive), level by level.
+
+    ``seg`` (m,) holds input ids sorted by their node at ``level0`` (``nodes[b, t, level0]`` is set); at each
+    level the inputs at one node (a run of ``seg``) are taken four at a time, so one load of the node's row serves
+    four dot products (``_dot4``), and the run is then split stably into its left and right children, so ``seg``
+    stays sorted by node. ``tmp`` (m,) is scratch. Each input's arithmetic is that of ``_walk_one``."""
+    m = seg.shape[0]
+    for level in range(level0, level1):
+        i = 0
+        while i < m:
+            node = nodes[seg[i], t, level]
+            j = i + 1
+            while j < m and nodes[seg[j], t, level] == node:
+                j += 1
+            w = w_in[t, node]
+            bias = b_in[t, node]
+            k = i
+            while k + 4 <= j:
+                b0, b1, b2, b3 = seg[k], seg[k + 1], seg[k + 2], seg[k + 3]
+                z0, z1, z2, z3 = _dot4(x[b0], x[b1], x[b2], x[b3], w)
+                _visit(b0, t, level, node, z0 + bias, code, nodes, logits, acts)
+                _visit(b1, t, level, node, z1 + bias, code, nodes, logits, acts)
+                _visit(b2, t, level, node, z2 + bias, code, nodes, logits, acts)
+                _visit(b3, t, level, node, z3 + bias, code, nodes, logits, acts)
+                k += 4
+            while k < j:
+                _visit(seg[k], t, level, node, _dot(x[seg[k]], w) + bias, code, nodes, logits, acts)
+                k += 1
+            if level + 1 < level1:  # stable split of the run: left children first
+                left = 2 * node + 1
+                p = i
+                for k in range(i, j):
+                    if nodes[seg[k], t, level + 1] == left:
+                        tmp[p] = seg[k]
+                        p += 1
+                for k in range(i, j):
+                    if nodes[seg[k], t, level + 1] != left:
+                        tmp[p] = seg[k]
+                        p += 1
+                for k in range(i, j):
+                    seg[k] = tmp[k]
+            i = j
+
+
+@njit(cache=True, parallel=True)
+def _forward_grouped(x, w_in, b_in, w_out, code, split, nodes, logits, acts, y, order):
+    """Training forward / inference for large batches: inputs whose paths coincide share the weight rows.
+
+    Per tree: (1) segments of ``SEGMENT`` consecutive inputs walk the top ``split`` levels together
+    (``_walk_segment``: 2**split - 1 rows, hot in L2 for all inputs); (2) the inputs are counting-sorted by the
+    subtree root they reached at level ``split``; (3) the inputs of each subtree, cut into segments of at most
+    ``SEGMENT``, walk the subtree together (its 2**(depth - split + 1) - 1 rows are sized to stay in L2, and inside
+    a segment each row load serves up to four inputs). After the last tree, each input's output row is summed in
+    registers over its whole path (``_path_output``) and written once, by the thread that owns its segment.
+    ``order`` (n,) receives the last tree's order (inputs sorted by leaf within each segment).
+    """
+    n, trees, levels = nodes.shape
+    n_sub = 1 << split
+    first = n_sub - 1
+    segment = SEGMENT
+    for t in range(trees):
+        for b in range(n):
+            order[b] = b
+            nodes[b, t, 0] = 0
+        if split > 0:
+            n_seg = (n + segment - 1) // segment
+            for s in prange(n_seg):
+                lo = s * segment
+                hi = min(n, lo + segment)
+                _walk_segment(x, w_in, b_in, code, t, order[lo:hi], 0, split, nodes, logits, acts,
+                              np.empty(hi - lo, dtype=np.int64))
+        counts = np.zeros(n_sub + 1, dtype=np.int64)
+        for b in range(n):
+            counts[nodes[b, t, split] - first + 1] += 1
+        for k in range(n_sub):
+            counts[k + 1] += counts[k]
+        # segments: each subtree's inputs cut into ceil(count / SEGMENT) nearly equal pieces
+        n_seg = 0
+        for k in range(n_sub):
+            n_seg += (counts[k + 1] - counts[k] + segment - 1) // segment
+        bounds = np.empty(n_seg + 1, dtype=np.int64)
+        s = 0
+        for k in range(n_sub):
+            c = counts[k + 1] - counts[k]
+            pieces = (c + segment - 1) // segment
+            for p in range(pieces):
+                bounds[s] = counts[k] + (c * p) // pieces
+                s += 1
+        bounds[n_seg] = n
+        fill = counts[:-1].copy()
+        for b in range(n):
+            k = nodes[b, t, split] - first
+            order[fill[k]] = b
+            fill[k] += 1
+        last = t == trees - 1
+        for s in prange(n_seg):
+            lo, hi = bounds[s], bounds[s + 1]
+            seg = order[lo:hi]
+            _walk_segment(x, w_in, b_in, code, t, seg, split, levels, nodes, logits, acts,
+                          np.empty(hi - lo, dtype=np.int64))
+            if last:
+                for k in range(hi - lo):
+                    b = seg[k]
+                    _path_output(y[b], w_out, nodes[b], acts[b])
+
+
+# --- backward -----------------------------------------------------------------------------------------------------
+
+
 @njit(cache=True)
 def _path_grads_one(xb, gb, w_in, w_out, code, nodes_b, logits_b, dz_b, dxb, want_dx):
-    """∂L/∂z_n = act'(z_n) (g · u_n) on one sample's paths; ``dxb = Σ_path ∂L/∂z_n w_n`` if ``want_dx``."""
+    """∂L/∂z_n = act'(z_n) (g · u_n) on one input's paths; ``dxb = Σ_path ∂L/∂z_n w_n`` if ``want_dx``."""
     trees, levels = nodes_b.shape
     if want_dx:
         dxb[:] = 0
@@ -212,6 +506,14 @@ def _path_grads_parallel(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx
 @njit(cache=True)
 def _path_grads_serial(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx):
     for b in range(x.shape[0]):
+        _path_grads_one(x[b], g[b], w_in, w_out, code, nodes[b], logits[b], dz[b], dx[b], want_dx)
+
+
+@njit(cache=True, parallel=True)
+def _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx, order):
+    """``_path_grads_one`` for every input, visiting inputs in ``order`` (grouped by subtree: shared rows hot)."""
+    for i in prange(x.shape[0]):
+        b = order[i]
         _path_grads_one(x[b], g[b], w_in, w_out, code, nodes[b], logits[b], dz[b], dx[b], want_dx)
 
 
@@ -279,66 +581,6 @@ def _weight_grads(x, g, acts, dz, offsets, entries, per_sample, dw_in, db_in, dw
                 db_in[k] = s
 
 
-@njit(cache=True, parallel=True)
-def _forward_grouped(x, w_in, b_in, w_out, code, split, nodes, logits, acts, y, order):
-    """Training forward / inference for large batches, sharing weight rows among inputs whose paths coincide.
-
-    Per tree: (1) every input walks the top ``split`` levels (2**split - 1 rows, hot in L2 for all inputs);
-    (2) the inputs are counting-sorted by the subtree root they reached at level ``split``; (3) each input walks
-    its subtree in that order, so consecutive inputs share the subtree's rows (2**(depth - split + 1) - 1 of them,
-    sized to stay in L2) and each row comes from memory about once per batch, not once per input. The output row
-    of an input is written by the one thread that owns the input. ``order`` (n,) receives the last tree's order.
-    """
-    n, trees, levels = nodes.shape
-    n_sub = 1 << split
-    first = n_sub - 1
-    for t in range(trees):
-        for b in prange(n):
-            xb = x[b]
-            node = 0
-            for level in range(split):
-                z = _dot(xb, w_in[t, node]) + b_in[t, node]
-                nodes[b, t, level] = node
-                logits[b, t, level] = z
-                acts[b, t, level] = _activation(z, code)
-                node = 2 * node + 1 + (1 if z > 0 else 0)
-            nodes[b, t, split] = node
-        counts = np.zeros(n_sub + 1, dtype=np.int64)
-        for b in range(n):
-            counts[nodes[b, t, split] - first + 1] += 1
-        for k in range(n_sub):
-            counts[k + 1] += counts[k]
-        for b in range(n):
-            k = nodes[b, t, split] - first
-            order[counts[k]] = b
-            counts[k] += 1
-        for i in prange(n):
-            b = order[i]
-            xb, yb = x[b], y[b]
-            if t == 0:
-                yb[:] = 0
-            for level in range(split):
-                a = acts[b, t, level]
-                _axpy(a, w_out[t, nodes[b, t, level]], yb)
-            node = nodes[b, t, split]
-            for level in range(split, levels):
-                z = _dot(xb, w_in[t, node]) + b_in[t, node]
-                nodes[b, t, level] = node
-                logits[b, t, level] = z
-                acts[b, t, level] = _activation(z, code)
-                a = acts[b, t, level]
-                _axpy(a, w_out[t, node], yb)
-                node = 2 * node + 1 + (1 if z > 0 else 0)
-
-
-@njit(cache=True, parallel=True)
-def _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx, order):
-    """``_path_grads_one`` for every input, visiting inputs in ``order`` (grouped by subtree: shared rows hot)."""
-    for i in prange(x.shape[0]):
-        b = order[i]
-        _path_grads_one(x[b], g[b], w_in, w_out, code, nodes[b], logits[b], dz[b], dx[b], want_dx)
-
-
 def split_level(depth, row_bytes, cache_bytes=None):
     """Level at which ``_forward_grouped`` splits the tree: the top ``split`` levels and each subtree below
     (``depth - split + 1`` levels) should both fit in ``cache_bytes`` (default ``SUBTREE_CACHE_BYTES``)."""
@@ -352,15 +594,11 @@ def split_level(depth, row_bytes, cache_bytes=None):
 # --- public entry points (arrays already validated and contiguous) --------------------------------------------
 
 
-def _grouped(x, w_in, w_out):
-    return len(x) >= GROUPED_MIN_BATCH
-
-
 def forward(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     """Training forward into preallocated ``nodes`` (n, trees, depth+1) int64, ``logits``/``acts`` (same shape)
     and ``y`` (n, output_width). Returns the order in which the inputs were processed (for ``backward``)."""
     n = len(x)
-    if _grouped(x, w_in, w_out):
+    if n >= GROUPED_MIN_BATCH:
         order = np.empty(n, dtype=np.int64)
         depth = nodes.shape[2] - 1
         split = split_level(depth, (w_in.shape[2] + w_out.shape[2] + 1) * w_in.itemsize)
@@ -371,21 +609,30 @@ def forward(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     return np.arange(n, dtype=np.int64)
 
 
+def predict_kernel(n):
+    """The kernel ``predict`` runs for a batch of ``n`` inputs when it is not grouped:
+    ``kernel(x, w_in, b_in, w_out, code, y)``; None for batches that take the grouped kernel.
+    ``UltraFFF.predict`` calls it directly for small batches (no further dispatch)."""
+    if n >= GROUPED_MIN_BATCH:
+        return None
+    return _predict_parallel if n >= PARALLEL_MIN_BATCH else _predict_serial
+
+
 def predict(x, w_in, b_in, w_out, code, depth, y):
     """Hard inference into ``y`` (n, output_width); keeps nothing (large batches use the grouped kernel with
-    small per-input path buffers)."""
+    per-input path buffers)."""
     n = len(x)
-    if _grouped(x, w_in, w_out):
-        shape = (n, w_in.shape[0], depth + 1)
-        forward(x, w_in, b_in, w_out, code, np.empty(shape, np.int64), np.empty(shape, y.dtype),
-                np.empty(shape, y.dtype), y)
+    kernel = predict_kernel(n)
+    if kernel is not None:
+        kernel(x, w_in, b_in, w_out, code, y)
         return
-    kernel = _predict_parallel if n >= PARALLEL_MIN_BATCH else _predict_serial
-    kernel(x, w_in, b_in, w_out, code, depth + 1, y)
+    shape = (n, w_in.shape[0], depth + 1)
+    forward(x, w_in, b_in, w_out, code, np.empty(shape, np.int64), np.empty(shape, y.dtype),
+            np.empty(shape, y.dtype), y)
 
 
 def route(x, w_in, b_in, depth, leaves):
-    """Leaf per sample and tree into ``leaves`` (n, trees) int64."""
+    """Leaf per input and tree into ``leaves`` (n, trees) int64."""
     kernel = _route_parallel if len(x) >= PARALLEL_MIN_BATCH else _route_serial
     kernel(x, w_in, b_in, depth, leaves)
 

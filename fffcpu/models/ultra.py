@@ -243,7 +243,16 @@ class UltraFFF(Model):
         -------
         ndarray, shape (n, output_width), the model's dtype
         """
-        x = np.ascontiguousarray(self._check_x(x))
+        if (type(x) is np.ndarray and x.ndim == 2 and x.dtype is self.dtype and x.shape[1] == self.input_width
+                and x.flags.c_contiguous):  # already valid: no checks, no copy (the batch-1 path)
+            kernel = _kernels.predict_kernel(x.shape[0])
+            if kernel is not None:
+                p = self.params
+                y = np.empty((x.shape[0], self.output_width), dtype=self.dtype)
+                kernel(x, p["w_in"], p["b_in"], p["w_out"], self._act_code, y)
+                return y
+        else:
+            x = np.ascontiguousarray(self._check_x(x))
         y = np.empty((len(x), self.output_width), dtype=self.dtype)
         _kernels.predict(x, *self._weights(), self._act_code, self.depth, y)
         return y
