@@ -1,0 +1,428 @@
+"""Interactive explorers for the notebooks: ipywidgets controls around the plots of :mod:`fffcpu.viz`.
+
+Each explorer owns a matplotlib ``Figure`` (``.fig``, drawn with the Agg canvas, never through pyplot) and shows it
+as a PNG in an ``ipywidgets.Image``, so it works the same in JupyterLab, in VS Code, in a headless kernel and in
+plain pytest: set a slider's ``.value`` or call a button's ``.click()``, then look at ``.fig``. Displaying an
+explorer (last expression of a cell, or ``display(explorer)``) shows its controls, figure and status line.
+
+=================== ======================== ===========================================================
+explorer            notebook                 controls
+=================== ======================== ===========================================================
+RoutingExplorer     01_what_is_an_fff        input point (x1, x2), depth, hard/soft regions
+PartitionReplay     02_regions               epoch (over the snapshots of a SnapshotRecorder)
+HardeningExplorer   02_regions               hardening, region leak, localized updates, depth, leaf width; Train
+SizesExplorer       03_neuron_savings        depth, leaf width, FFF / UltraFFF
+LeafBrowser         04_digits                leaf
+=================== ======================== ===========================================================
+"""
+
+from __future__ import annotations
+
+import html
+import io
+
+import numpy as np
+
+try:
+    import ipywidgets as widgets
+except ImportError as err:  # pragma: no cover - ipywidgets is in the viz/notebooks/test extras
+    raise ImportError("fffcpu.widgets needs ipywidgets: pip install 'fffcpu[viz]'") from err
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from . import tree, viz
+
+__all__ = ["RoutingExplorer", "PartitionReplay", "HardeningExplorer", "SizesExplorer", "LeafBrowser"]
+
+
+class _Explorer:
+    """A figure rendered to PNG in an ``ipywidgets.Image``, under a row of controls and above a status line."""
+
+    dpi = 80
+
+    def __init__(self, controls, figsize):
+        self.fig = Figure(figsize=figsize, layout="constrained")
+        FigureCanvasAgg(self.fig)
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
+        self.status = widgets.HTML()
+        self.controls = list(controls)
+        self.widget = widgets.VBox([widgets.HBox(self.controls, layout=widgets.Layout(flex_flow="row wrap")),
+                                    self.image, self.status])
+        self.renders = 0
+
+    def _observe(self, *controls):
+        for control in controls:
+            control.observe(lambda change: self.update(), names="value")
+
+    def render(self) -> None:
+        """Redraw the PNG from ``self.fig``."""
+        buffer = io.BytesIO()
+        self.fig.savefig(buffer, format="png", dpi=self.dpi)
+        self.image.value = buffer.getvalue()
+        self.renders += 1
+
+    def update(self) -> None:  # pragma: no cover - every explorer defines it
+        raise NotImplementedError
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def _slider_style():
+    return {"description_width": "initial"}
+
+
+def _vector(values) -> str:
+    return "[" + ", ".join(f"{v:+.3f}" for v in np.ravel(values)) + "]"
+
+
+# ------------------------------------------------------------------------------------------------- 01
+
+
+class RoutingExplorer(_Explorer):
+    """One input routed through a small 2-D FFF: its place among the regions, and its path down the tree.
+
+    Parameters
+    ----------
+    model_for_depth : callable depth -> FFF with input_width=2, optional
+        Builds (or trains) the model shown for each depth; called once per depth and cached. The default
+        builds an untrained ``FFF(2, 4, 2, depth, seed=depth)``.
+    depth : int
+        Initial depth.
+    max_depth : int
+        Largest depth on the slider.
+    point : (float, float)
+        Initial input.
+    data : (X, y), optional
+        Points drawn on the region plot.
+    extent : (xmin, xmax, ymin, ymax)
+
+    Attributes
+    ----------
+    x1, x2, depth : ipywidgets sliders; regions : ToggleButtons ("hard", "soft")
+    model : the FFF shown; details : :func:`fffcpu.viz.route_details` of the current point
+    ax_regions, ax_tree : the two Axes of ``fig``
+    """
+
+    def __init__(self, model_for_depth=None, *, depth: int = 2, max_depth: int = 5, point=(0.5, -0.3), data=None,
+                 extent=(-1.5, 1.5, -1.5, 1.5)):
+        if model_for_depth is None:
+            from .models import FFF
+
+            def model_for_depth(d):
+                return FFF(2, 4, 2, d, seed=d)
+
+        self._factory, self._models = model_for_depth, {}
+        self.data, self.extent = data, tuple(extent)
+        x0, x1, y0, y1 = self.extent
+        style = _slider_style()
+        self.x1 = widgets.FloatSlider(value=point[0], min=x0, max=x1, step=0.01, description="x₁", style=style,
+                                      continuous_update=False)
+        self.x2 = widgets.FloatSlider(value=point[1], min=y0, max=y1, step=0.01, description="x₂", style=style,
+                                      continuous_update=False)
+        self.depth = widgets.IntSlider(value=depth, min=0, max=max_depth, description="depth", style=style,
+                                       continuous_update=False)
+        self.regions = widgets.ToggleButtons(options=["hard", "soft"], value="hard", description="regions",
+                                             style=style)
+        super().__init__([self.x1, self.x2, self.depth, self.regions], figsize=(12, 4.6))
+        self.ax_regions, self.ax_tree = self.fig.subplots(1, 2, width_ratios=[1, 1.6])
+        self._observe(self.x1, self.x2, self.depth, self.regions)
+        self.update()
+
+    @property
+    def model(self):
+        d = self.depth.value
+        if d not in self._models:
+            self._models[d] = self._factory(d)
+        return self._models[d]
+
+    @property
+    def point(self) -> np.ndarray:
+        return np.array([self.x1.value, self.x2.value])
+
+    def update(self) -> None:
+        model, point = self.model, self.point
+        self.details = viz.route_details(model, point)
+        for ax in (self.ax_regions, self.ax_tree):
+            ax.clear()
+        X, y = self.data if self.data is not None else (None, None)
+        viz.plot_regions(model, X, y, ax=self.ax_regions, mode=self.regions.value, extent=self.extent,
+                         point_size=6)
+        self.ax_regions.plot(*point, marker="*", ms=16, color="gold", markeredgecolor="black", zorder=5,
+                             gid="input-point")
+        viz.plot_tree(model, point, ax=self.ax_tree)
+        self.render()
+        leaf = self.details["leaf"]
+        turns = " → ".join("right" if r else "left" for r in tree.path_directions(leaf, model.depth)) or "no decision"
+        self.status.value = (
+            f"<b>x = ({point[0]:+.2f}, {point[1]:+.2f})</b>: {html.escape(turns)} → <b>leaf {leaf}</b> "
+            f"(uses {model.inference_size} of {model.n_nodes + model.training_width} neurons)<br>"
+            f"soft output (all {model.n_leaves} leaves, mixed) {_vector(self.details['soft'])}<br>"
+            f"hard output (leaf {leaf} only) {_vector(self.details['hard'])}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------- 02
+
+
+class PartitionReplay(_Explorer):
+    """Replay training: the hard regions, the soft mixture and the curves at any recorded epoch.
+
+    Parameters
+    ----------
+    recorder : :class:`fffcpu.viz.SnapshotRecorder` filled during ``fffcpu.train(..., callback=recorder)``
+    X, y : the training points (n, 2) and labels
+    history : History, optional
+        Adds a third panel with the hard/soft training accuracy and the node entropy, and a marker at the epoch.
+
+    Attributes
+    ----------
+    epoch : SelectionSlider over the recorded epochs
+    ax_hard, ax_soft (, ax_curves) : the Axes of ``fig``
+    """
+
+    def __init__(self, recorder, X, y, *, history=None, extent=None):
+        if len(recorder) == 0:
+            raise ValueError("the recorder holds no snapshots: pass it to fffcpu.train(..., callback=recorder)")
+        self.recorder, self.X, self.y, self.history = recorder, np.asarray(X), np.asarray(y), history
+        self.extent = viz._extent_of(self.X, extent)
+        self.epoch = widgets.SelectionSlider(options=list(recorder.epochs), value=recorder.epochs[-1],
+                                             description="epoch", style=_slider_style(), continuous_update=False)
+        panels = 3 if history is not None else 2
+        super().__init__([self.epoch], figsize=(4.3 * panels, 4.4))
+        axes = self.fig.subplots(1, panels)
+        self.ax_hard, self.ax_soft = axes[0], axes[1]
+        self.ax_curves = axes[2] if panels == 3 else None
+        self._observe(self.epoch)
+        self.update()
+
+    def update(self) -> None:
+        epoch = self.epoch.value
+        model = self.recorder.model_at(epoch)
+        self.model = model
+        for ax in self.fig.axes:
+            ax.clear()
+        leaves_used = len(np.unique(model.route(self.X)))
+        viz.plot_regions(model, self.X, self.y, ax=self.ax_hard, mode="hard", extent=self.extent,
+                         title=f"epoch {epoch}: hard regions")
+        viz.plot_regions(model, self.X, self.y, ax=self.ax_soft, mode="soft", extent=self.extent,
+                         title=f"epoch {epoch}: soft mixture")
+        hard = float(np.mean(model.predict(self.X).argmax(1) == self.y))
+        soft = float(np.mean(model.predict_soft(self.X).argmax(1) == self.y))
+        if self.ax_curves is not None:
+            h = self.history
+            epochs = np.arange(1, len(h["loss"]) + 1)
+            ax = self.ax_curves
+            ax.plot(epochs, h["train_acc_soft"], "--", color="tab:blue", label="soft accuracy")
+            ax.plot(epochs, h["train_acc_hard"], "-", color="tab:blue", label="hard accuracy")
+            ax.plot(epochs, np.asarray(h["entropy"]) / np.log(2), color="tab:purple", label="node entropy / ln 2")
+            ax.axvline(max(epoch, 0.5), color="crimson", lw=1.5, gid="epoch-marker")
+            ax.set(xlabel="epoch", ylim=(0, 1.02), title="training")
+            ax.legend(fontsize=8, loc="center right")
+        self.render()
+        self.status.value = (f"epoch {epoch}: training accuracy soft {soft:.1%}, hard {hard:.1%}; "
+                             f"{leaves_used} of {model.n_leaves} leaves receive training points")
+
+
+class HardeningExplorer(_Explorer):
+    """Train a small 2-D FFF with the press of a button and compare soft and hard behaviour.
+
+    Parameters
+    ----------
+    X, y : training points (n, 2) and labels
+    validation : (X_val, y_val), optional
+    depth, leaf_width, epochs, lr, batch_size : initial settings
+    seed : int
+
+    Attributes
+    ----------
+    hardening, region_leak : SelectionSliders; localized : Checkbox (LocalAdam with ``local_batch_size``);
+    depth_slider, leaf_width_slider : IntSliders; train_button : Button
+    model, history : the last trained model and its History (None before the first press)
+    results : list of dicts, one per press (settings and accuracies)
+    """
+
+    HARDENING = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+    LEAK = (0.0, 0.02, 0.05, 0.1, 0.2)
+
+    def __init__(self, X, y, *, validation=None, depth: int = 4, leaf_width: int = 2, epochs: int = 40,
+                 lr: float = 0.02, batch_size: int = 32, local_batch_size: float = 16.0, seed: int = 0,
+                 train_now: bool = False):
+        self.X, self.y = np.asarray(X), np.asarray(y)
+        self.validation = validation
+        self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
+        self.local_batch_size = local_batch_size
+        style = _slider_style()
+        self.hardening = widgets.SelectionSlider(options=list(self.HARDENING), value=1.0, description="hardening h",
+                                                 style=style, continuous_update=False)
+        self.region_leak = widgets.SelectionSlider(options=list(self.LEAK), value=0.0, description="region leak",
+                                                   style=style, continuous_update=False)
+        self.localized = widgets.Checkbox(value=False, description="localized updates", indent=False)
+        self.depth_slider = widgets.IntSlider(value=depth, min=1, max=8, description="depth", style=style,
+                                              continuous_update=False)
+        self.leaf_width_slider = widgets.IntSlider(value=leaf_width, min=1, max=16, description="leaf width ℓ",
+                                                   style=style, continuous_update=False)
+        self.train_button = widgets.Button(description="Train", button_style="primary", icon="play")
+        self.train_button.on_click(lambda button: self.train())
+        super().__init__([self.hardening, self.region_leak, self.localized, self.depth_slider,
+                          self.leaf_width_slider, self.train_button], figsize=(13, 4.2))
+        self.ax_hard, self.ax_soft, self.ax_curves = self.fig.subplots(1, 3)
+        self.model = self.history = None
+        self.results = []
+        self.status.value = "Choose the settings and press <b>Train</b>."
+        if train_now:
+            self.train()
+        else:
+            for ax in self.fig.axes:
+                ax.set_axis_off()
+            self.render()
+
+    def settings(self) -> dict:
+        return {"depth": self.depth_slider.value, "leaf_width": self.leaf_width_slider.value,
+                "hardening": self.hardening.value, "region_leak": self.region_leak.value,
+                "localized": self.localized.value}
+
+    def train(self):
+        """Train a fresh FFF with the current settings, draw it, and return the result row."""
+        from .models import FFF
+        from .train import train
+
+        s = self.settings()
+        n_classes = int(self.y.max()) + 1
+        self.train_button.disabled = True
+        self.status.value = "training…"
+        try:
+            model = FFF(2, s["leaf_width"], n_classes, s["depth"], region_leak=s["region_leak"], seed=self.seed)
+            options = {"optimizer": "local_adam", "local_batch_size": self.local_batch_size} if s["localized"] else {}
+            history = train(model, self.X, self.y, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                            hardening=s["hardening"], validation=self.validation, seed=self.seed, progress=False,
+                            **options)
+        finally:
+            self.train_button.disabled = False
+        self.model, self.history = model, history
+        last = history.last()
+        row = dict(s, soft_acc=last["train_acc_soft"], hard_acc=last["train_acc_hard"], entropy=last["entropy"],
+                   leaves_used=int(len(np.unique(model.route(self.X)))))
+        if self.validation is not None:
+            row.update(val_soft_acc=last["val_acc_soft"], val_hard_acc=last["val_acc_hard"])
+        self.results.append(row)
+        for ax in self.fig.axes:
+            ax.clear()
+            ax.set_axis_on()
+        label = f"h={s['hardening']:g}, leak={s['region_leak']:g}" + (", localized" if s["localized"] else "")
+        viz.plot_regions(model, self.X, self.y, ax=self.ax_hard, mode="hard",
+                         title=f"hard ({label}): {row['hard_acc']:.1%}")
+        viz.plot_regions(model, self.X, self.y, ax=self.ax_soft, mode="soft",
+                         title=f"soft: {row['soft_acc']:.1%}")
+        epochs = np.arange(1, history.epochs + 1)
+        ax = self.ax_curves
+        ax.plot(epochs, history["train_acc_soft"], "--", color="tab:blue", label="soft accuracy")
+        ax.plot(epochs, history["train_acc_hard"], color="tab:blue", label="hard accuracy")
+        ax.plot(epochs, np.asarray(history["entropy"]) / np.log(2), color="tab:purple", label="node entropy / ln 2")
+        ax.set(xlabel="epoch", ylim=(0, 1.02), title=f"depth {s['depth']}, ℓ={s['leaf_width']}")
+        ax.legend(fontsize=8, loc="center right")
+        self.render()
+        self.status.value = (f"{label}: training accuracy soft {row['soft_acc']:.1%}, hard {row['hard_acc']:.1%} "
+                             f"(gap {row['soft_acc'] - row['hard_acc']:+.1%}); node entropy {row['entropy']:.3f}; "
+                             f"{row['leaves_used']} of {model.n_leaves} leaves used")
+        return row
+
+
+# ------------------------------------------------------------------------------------------------- 03
+
+
+class SizesExplorer(_Explorer):
+    """Training width 2^d·ℓ against inference size d + ℓ, with sliders (arXiv 2308.14711 §3, 2311.10770).
+
+    Attributes
+    ----------
+    depth, leaf_width : IntSliders; kind : ToggleButtons ("FFF", "UltraFFF"); ax : the Axes of ``fig``
+    """
+
+    def __init__(self, *, depth: int = 4, leaf_width: int = 8, max_depth: int = 16):
+        style = _slider_style()
+        self.depth = widgets.IntSlider(value=depth, min=0, max=max_depth, description="depth", style=style)
+        self.leaf_width = widgets.IntSlider(value=leaf_width, min=1, max=256, description="leaf width ℓ",
+                                            style=style)
+        self.kind = widgets.ToggleButtons(options=["FFF", "UltraFFF"], value="FFF", style=style)
+        super().__init__([self.depth, self.leaf_width, self.kind], figsize=(7, 4.2))
+        self.ax = self.fig.subplots()
+        self._observe(self.depth, self.leaf_width, self.kind)
+        self.update()
+
+    def update(self) -> None:
+        d, width, ultra = self.depth.value, self.leaf_width.value, self.kind.value == "UltraFFF"
+        self.leaf_width.disabled = ultra
+        self.ax.clear()
+        viz.plot_sizes(width, max(self.depth.max, d), depth=d, ax=self.ax, ultra=ultra)
+        self.render()
+        if ultra:
+            total, used = 2 ** (d + 1) - 1, d + 1
+            self.status.value = (f"UltraFFF of depth {d}: {total:,} neurons in the tree, {used} on each path "
+                                 f"({used / total:.2%}); UltraFastBERT-1×11 uses 12 of 4,095.")
+        else:
+            total, used = tree.training_width(d, width), tree.inference_size(d, width)
+            self.status.value = (f"FFF depth {d}, ℓ = {width}: training width 2^{d}·{width} = {total:,} neurons; "
+                                 f"inference size {d} + {width} = {used} ({used / total:.2%}; "
+                                 f"speed-up limit ×{total / used:,.1f})")
+
+
+# ------------------------------------------------------------------------------------------------- 04
+
+
+class LeafBrowser(_Explorer):
+    """Browse the leaves of an image classifier: the images a leaf receives, and their labels.
+
+    Parameters
+    ----------
+    model : FFF
+    X : (n, h * w) flattened images; y : (n,) labels
+    image_shape : (h, w)
+    per_row, rows : size of the montage
+
+    Attributes
+    ----------
+    leaf : SelectionSlider over the leaves that receive samples; ax_images, ax_labels : Axes of ``fig``
+    """
+
+    def __init__(self, model, X, y, *, image_shape=(8, 8), per_row: int = 10, rows: int = 4, seed: int = 0):
+        self.model, self.X, self.y = model, np.asarray(X), np.asarray(y)
+        self.image_shape, self.per_row, self.rows, self.seed = tuple(image_shape), per_row, rows, seed
+        self.routed = model.route(self.X)
+        used = [int(k) for k in np.unique(self.routed)]
+        counts = np.bincount(self.routed, minlength=model.n_leaves)
+        self.leaf = widgets.SelectionSlider(options=used, value=int(np.argmax(counts)), description="leaf",
+                                            style=_slider_style(), continuous_update=False)
+        super().__init__([self.leaf], figsize=(11, 3.8))
+        self.ax_images, self.ax_labels = self.fig.subplots(1, 2, width_ratios=[1.6, 1])
+        self._observe(self.leaf)
+        self.update()
+
+    def update(self) -> None:
+        leaf = self.leaf.value
+        h, w = self.image_shape
+        rows = np.flatnonzero(self.routed == leaf)
+        rng = np.random.default_rng(self.seed)
+        shown = rng.choice(rows, size=min(len(rows), self.per_row * self.rows), replace=False)
+        canvas = np.full((self.rows * (h + 1) + 1, self.per_row * (w + 1) + 1), np.nan)
+        for i, sample in enumerate(shown):
+            r, c = divmod(i, self.per_row)
+            canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = \
+                self.X[sample].reshape(h, w)
+        for ax in self.fig.axes:
+            ax.clear()
+        import matplotlib
+
+        cmap = matplotlib.colormaps["gray_r"].with_extremes(bad="white")
+        self.ax_images.imshow(canvas, cmap=cmap, interpolation="nearest")
+        self.ax_images.set_axis_off()
+        self.ax_images.set_title(f"leaf {leaf}: {len(rows)} samples ({len(shown)} shown)")
+        labels = np.unique(self.y)
+        counts = np.array([np.sum(self.y[rows] == c) for c in labels])
+        self.ax_labels.bar(labels, counts, color="tab:blue")
+        self.ax_labels.set_xticks(labels)
+        self.ax_labels.set(xlabel="label", ylabel="samples", title=f"labels in leaf {leaf}")
+        self.render()
+        top = labels[np.argmax(counts)]
+        self.status.value = (f"leaf {leaf} receives {len(rows)} of {len(self.y)} samples; "
+                             f"{counts.max() / max(len(rows), 1):.0%} of them are {top}s")
