@@ -168,15 +168,18 @@ _TREE_PARAMS = """\
         ℓ leaf neurons; training touches all 2**d · ℓ.
     activation : {"relu", "gelu", "tanh", "sigmoid", "identity"}, default="relu"
         Activation of the leaf hidden layers.
-    hardening : float, default=10.0
+    hardening : float, default=0.0
         Weight h of the hardening term: training minimises ``loss + h · mean node entropy`` (§3.2; see
         ``FFF.hardening_loss`` for the relation to the paper's sum). It pushes the soft routing of training
-        towards the hard routing of prediction.
+        towards the hard routing of prediction; with soft training (``train_hardened=False``) use h ≈ 1–10,
+        and check how many leaves are still in use (``np.unique(est.model_.route(X))``): strong hardening
+        can send every sample to a few leaves.
     region_leak : float in [0, 1], default=0.0
         Training only (§3.3): probability that a node swaps its children for a sample.
-    train_hardened : bool, default=False
-        Train with hard routing, exactly as prediction routes.
-    straight_through : bool, default=False
+    train_hardened : bool, default=True
+        Train with hard routing, exactly as prediction routes, so the model that is trained is the one that
+        predicts. ``False`` trains the soft mixture of the paper.
+    straight_through : bool, default=True
         With ``train_hardened=True``: pass σ'(z) through each hard decision so the nodes keep learning."""
 
 _TRAINING_PARAMS = """\
@@ -264,8 +267,8 @@ class FFFClassifier(ClassifierMixin, _FFFModel, _Estimator):
 
     _loss = "cross_entropy"
 
-    def __init__(self, leaf_width=8, depth=3, *, activation="relu", hardening=10.0, region_leak=0.0,
-                 train_hardened=False, straight_through=False, optimizer="adam", lr=0.01, epochs=30,
+    def __init__(self, leaf_width=8, depth=3, *, activation="relu", hardening=0.0, region_leak=0.0,
+                 train_hardened=True, straight_through=True, optimizer="adam", lr=0.01, epochs=30,
                  batch_size=64, local_batch_size=None, usage_counts="soft", dtype="float32", proba="hard",
                  random_state=None, verbose=0):
         self.leaf_width = leaf_width
@@ -509,8 +512,8 @@ class FFFRegressor(_FFFModel, _Regression):
 {_ATTRIBUTES.format(model="fffcpu.FFF", metrics="``train_mse_soft``, ``train_mse_hard``")}
     """
 
-    def __init__(self, leaf_width=8, depth=3, *, activation="relu", hardening=10.0, region_leak=0.0,
-                 train_hardened=False, straight_through=False, optimizer="adam", lr=0.01, epochs=30,
+    def __init__(self, leaf_width=8, depth=3, *, activation="relu", hardening=0.0, region_leak=0.0,
+                 train_hardened=True, straight_through=True, optimizer="adam", lr=0.01, epochs=30,
                  batch_size=64, local_batch_size=None, usage_counts="soft", dtype="float32", random_state=None,
                  verbose=0):
         self.leaf_width = leaf_width
