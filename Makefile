@@ -19,13 +19,14 @@ TORCH_VERSION ?= 2.13.0
 FASTFEEDFORWARD_VERSION ?= 0.2.1
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test bench lab torch clean
+.PHONY: help venv demo test bench reproduce lab torch clean
 
 help:
 	@echo "fffcpu make targets:"
 	@echo "  make demo    install fffcpu[data] into $(VENV) and run 'python -m fffcpu demo'"
 	@echo "  make test    install fffcpu[test] into $(VENV) and run pytest (PYTEST_ARGS=... to pass options)"
 	@echo "  make bench   install fffcpu[test] into $(VENV) and run the benchmarks (python -m benchmarks)"
+	@echo "  make reproduce  install fffcpu[data,viz] and rerun the paper reproduction (docs/reproduction.md, ~20 min)"
 	@echo "  make lab     install fffcpu[notebooks] into $(VENV) and start JupyterLab on notebooks/"
 	@echo "  make torch   add torch==$(TORCH_VERSION) and fastfeedforward==$(FASTFEEDFORWARD_VERSION) for the cross-check tests"
 	@echo "  make venv    create the virtual environment $(VENV) only"
@@ -60,6 +61,10 @@ test: $(VENV)/.stamp-test
 
 bench: $(VENV)/.stamp-test
 	$(VENV_PY) -m benchmarks
+
+# Table 1 of arXiv 2308.14711 on MNIST-5k and digits, and the overfragmentation study (--quick: < 3 min).
+reproduce: $(VENV)/.stamp-data $(VENV)/.stamp-viz
+	$(VENV_PY) -m benchmarks.accuracy --out docs/reproduction.md
 
 lab: $(VENV)/.stamp-notebooks
 	$(VENV)/bin/jupyter lab notebooks/
