@@ -42,6 +42,41 @@ def median_time(fn, *, min_repeats=3, max_repeats=50, budget=1.0, warmup=1):
     return float(np.median(times)), len(times)
 
 
+def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, warmup=1, slice_s=0.02):
+    """Median wall time of each ``fns[name](k)``, the methods taking turns so that they see the same machine load.
+
+    ``fns`` maps a name to a callable of the call number k (so each call can take distinct inputs). After
+    ``warmup`` untimed calls each, the methods run in rounds; in a round each method still running makes calls
+    for about ``slice_s`` seconds (at least one). A method stops once it has ``min_repeats[name]`` (default 3)
+    timings and either ``max_repeats[name]`` (default 50) of them or ``budget`` seconds spent. Returns
+    ``{name: (median seconds, repeats)}``.
+    """
+    min_repeats, max_repeats = min_repeats or {}, max_repeats or {}
+    for fn in fns.values():
+        for k in range(warmup):
+            fn(k)
+    times = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+
+    def running(name):
+        n = len(times[name])
+        return n < min_repeats.get(name, 3) or (n < max_repeats.get(name, 50) and spent[name] < budget)
+
+    k = warmup
+    while any(running(name) for name in fns):
+        for name, fn in fns.items():
+            in_slice = 0.0
+            while running(name) and (in_slice == 0.0 or in_slice < slice_s):
+                t0 = time.perf_counter()
+                fn(k)
+                dt = time.perf_counter() - t0
+                times[name].append(dt)
+                spent[name] += dt
+                in_slice += dt
+                k += 1
+    return {name: (float(np.median(t)), len(t)) for name, t in times.items()}
+
+
 def _status_kib(field):
     try:
         with open("/proc/self/status") as f:

@@ -28,8 +28,8 @@ from threadpoolctl import threadpool_limits
 import fffcpu
 from fffcpu import FFF, engine
 
-from .common import (THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, median_time, peak_memory,
-                     read_bandwidth, table)
+from .common import (THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians, median_time,
+                     peak_memory, read_bandwidth, table)
 
 INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
 WIDTHS, DEPTHS, BATCHES = (128, 1024, 8192, 65536), (3, 6, 9, 12), (1, 256, 4096)
@@ -148,18 +148,22 @@ def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng
         if not all(ok.values()):
             raise AssertionError(f"correctness check failed at width {width}, depth {depth}, batch {batch}: {ok}")
         # --- timing --------------------------------------------------------------------------------
+        # all methods take turns (interleaved_medians), so that a burst of load on the shared machine hits
+        # fffcpu and its baselines alike
         path = engine.choose_method(batch, threads)
-        t_fff, reps = median_time(lambda k: model.predict(pool[k % P], n_jobs=threads), budget=budget,
-                                  max_repeats=2000 if batch == 1 else 200)
         slow = width * batch >= 2**26  # dense calls of a second or more: fewer repeats
-        t_dense, _ = median_time(lambda k: dense(pool[k % P]), budget=budget, min_repeats=2 if slow else 3,
-                                 max_repeats=500 if batch == 1 else 50)
-        t_td = t_pkg = None
+        fns = {"fff": lambda k: model.predict(pool[k % P], n_jobs=threads), "dense": lambda k: dense(pool[k % P])}
+        lo = {"dense": 2 if slow else 3, "torch dense": 2 if slow else 3, "pkg": 2 if leaf * batch >= 2**20 else 3}
+        hi = {"fff": 4000 if batch == 1 else 300, "dense": 500 if batch == 1 else 50,
+              "torch dense": 500 if batch == 1 else 50, "pkg": 200}
         if use_torch:
-            t_td, _ = median_time(lambda k: torch_dense(pool[k % P]), budget=budget, min_repeats=2 if slow else 3,
-                                  max_repeats=500 if batch == 1 else 50)
-            t_pkg, _ = median_time(lambda k: torch_pkg(pool[k % P]), budget=budget,
-                                   min_repeats=2 if leaf * batch >= 2**20 else 3, max_repeats=200)
+            fns["torch dense"] = lambda k: torch_dense(pool[k % P])
+            fns["pkg"] = lambda k: torch_pkg(pool[k % P])
+        timed = interleaved_medians(fns, budget=budget, min_repeats=lo, max_repeats=hi)
+        (t_fff, reps), (t_dense, _) = timed["fff"], timed["dense"]
+        t_td = timed["torch dense"][0] if use_torch else None
+        t_pkg = timed["pkg"][0] if use_torch else None
+        parts = breakdown(model, pool, threads, budget) if (depth, leaf) in BREAKDOWN_POINTS else None
         # --- memory (one more call each, after timing) --------------------------------------------------
         mem_fff = peak_memory(lambda: model.predict(pool[1 % P], n_jobs=threads))
         dense.buffers = {}
@@ -175,11 +179,71 @@ def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng
                          torch_pkg=None if t_pkg is None else batch / t_pkg,
                          vs_pkg=None if t_pkg is None else t_pkg / t_fff,
                          mem_fff=mem_fff, mem_dense=mem_dense, distinct_leaves=distinct,
-                         t_fff=t_fff, t_dense=t_dense, t_pkg=t_pkg))
+                         t_fff=t_fff, t_dense=t_dense, t_pkg=t_pkg, parts=parts))
         print(f"  width {width:>6} depth {depth:>2} leaf {leaf:>5} batch {batch:>5}: fffcpu {fmt_rate(batch / t_fff)}/s "
               f"({path}), dense {fmt_rate(batch / t_dense)}/s, speedup {speedup:.0f}x (limit {limit:.0f}x)"
               + (f", torch pkg {fmt_rate(batch / t_pkg)}/s ({t_pkg / t_fff:.0f}x)" if t_pkg else ""), flush=True)
     return rows, checks
+
+
+BREAKDOWN_POINTS = ((12, 16), (9, 16))  # (depth, leaf) of the dense-NumPy targets
+
+
+def breakdown(model, pool, threads, budget):
+    """Where an fffcpu call's time goes, each part timed in turns with the whole call (medians, distinct inputs).
+
+    Batch up to ``engine.SERIAL_MAX``: the kernel called directly (``kernels.fff._predict_serial`` into a
+    preallocated output) vs ``FFF.predict``; the difference is the Python-level cost (checks, dispatch,
+    allocation). Larger batches: routing alone (``engine.route``) and the leaf evaluation alone
+    (``engine.leaf_outputs`` with the leaves precomputed, samples sorted by leaf included).
+    """
+    from fffcpu.kernels import fff as kernels
+
+    P, p, d = len(pool), model.params, model.depth
+    if len(pool[0]) <= engine.SERIAL_MAX:
+        outs = [np.empty((len(x), OUTPUT_WIDTH), np.float32) for x in pool]
+        args = (p["node_weights"], p["node_biases"], p["w1s"], p["b1s"], p["w2s"], p["b2s"], d, 1)
+        timed = interleaved_medians({
+            "call": lambda k: model.predict(pool[k % P], n_jobs=threads),
+            "kernel": lambda k: kernels._predict_serial(pool[k % P], *args, outs[k % P]),
+        }, budget=budget, max_repeats={"call": 4000, "kernel": 4000})
+        return {"call": timed["call"][0], "kernel": timed["kernel"][0]}
+    leaves = [model.route(x, n_jobs=threads) for x in pool]
+    timed = interleaved_medians({
+        "call": lambda k: model.predict(pool[k % P], n_jobs=threads),
+        "route": lambda k: engine.route(pool[k % P], p["node_weights"], p["node_biases"], d, n_jobs=threads),
+        "leaves": lambda k: engine.leaf_outputs(pool[k % P], leaves[k % P], p, "relu", n_jobs=threads),
+    }, budget=budget, max_repeats={"call": 100, "route": 100, "leaves": 100})
+    distinct = np.mean([len(np.unique(lv)) for lv in leaves])
+    return {"call": timed["call"][0], "route": timed["route"][0], "leaves": timed["leaves"][0],
+            "leaf_bytes": distinct * leaf_nbytes(model.leaf_width), "dots": len(pool[0]) * d}
+
+
+def leaf_nbytes(leaf):
+    """float32 bytes of one leaf: W1, b1, W2, b2."""
+    return (INPUT_WIDTH * leaf + leaf + leaf * OUTPUT_WIDTH + OUTPUT_WIDTH) * 4
+
+
+def breakdown_table(rows, bandwidth):
+    out = []
+    for r in rows:
+        q = r.get("parts")
+        if not q:
+            continue
+        if "kernel" in q:
+            out.append([r["width"], r["depth"], r["leaf"], r["batch"], f"{q['call'] * 1e6:.2f} µs",
+                        f"kernel alone {q['kernel'] * 1e6:.2f} µs; Python-level checks and dispatch "
+                        f"{(q['call'] - q['kernel']) * 1e6:.2f} µs", "–"])
+        else:
+            bw = q["leaf_bytes"] / q["leaves"]
+            out.append([r["width"], r["depth"], r["leaf"], r["batch"], f"{q['call'] * 1e3:.2f} ms",
+                        f"routing {q['route'] * 1e3:.2f} ms ({q['route'] / q['dots'] * 1e9:.0f} ns per node dot "
+                        f"product over {THREADS} threads); leaf evaluation {q['leaves'] * 1e3:.2f} ms "
+                        f"({q['leaves'] / r['batch'] * 1e9:.0f} ns per sample)",
+                        f"{fmt_bytes(q['leaf_bytes'])} of leaf weights in {q['leaves'] * 1e3:.2f} ms = "
+                        f"{bw / 1e9:.1f} GB/s ({bw / bandwidth:.0%} of the measured {bandwidth / 1e9:.1f} GB/s)"])
+    return table(["width", "depth", "ℓ", "batch", "fffcpu call", "parts (timed separately)", "leaf weights streamed"],
+                 out)
 
 
 def evaluate_targets(rows, use_torch):
@@ -209,7 +273,7 @@ def bytes_moved(r):
     """Lower bound on the bytes one fffcpu call must read from memory: the weights of every distinct leaf reached
     (W1, b1, W2, b2), one node row per level for every distinct path prefix (bounded by the samples), and the input."""
     f = 4
-    leaf_bytes = (INPUT_WIDTH * r["leaf"] + r["leaf"] + r["leaf"] * OUTPUT_WIDTH + OUTPUT_WIDTH) * f
+    leaf_bytes = leaf_nbytes(r["leaf"])
     node_rows = sum(min(r["batch"], 2**k) for k in range(r["depth"]))
     return r["distinct_leaves"] * leaf_bytes + node_rows * (INPUT_WIDTH + 1) * f + r["batch"] * INPUT_WIDTH * f
 
@@ -299,10 +363,13 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
         "on this machine. The table gives, for the target points, the bytes an fffcpu call must at least read (the "
         "distinct leaves' weights, the node rows, the input), the time that takes at that bandwidth, and the speedup "
         "that time would give over the measured dense and torch-package times: a target above its bound cannot be "
-        "met by any kernel on this machine. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only. Python-level call overhead (validation, dispatch: about 3 µs per call) is not in the bound and dominates at batch 1.",
+        "met by any kernel on this machine. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only. Python-level call overhead (checks, dispatch, allocation: measured below) is not in the bound and matters at batch 1.",
         "",
         bounds(rows, bandwidth, use_torch),
     ]
+    if any(r.get("parts") for r in rows):
+        md += ["", "Where the time goes at the dense-NumPy target points (each part timed on its own, in turns with "
+               "the whole call, on the same inputs):", "", breakdown_table(rows, bandwidth)]
     if plot_path:
         plot(rows, plot_path)
     return Section("Hard inference: fffcpu vs dense FF and the PyTorch package", "\n".join(md), rows, checks,

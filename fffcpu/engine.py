@@ -19,6 +19,13 @@ Paths (``method=``), all giving the same bits for the same sample:
     serial below ``SERIAL_MAX`` samples or with one thread, grouped from ``GROUPED_MIN`` samples, parallel
     in between.
 
+Small batches (batch 1 is the common case) have a lean entry: when ``x`` is already a C-contiguous ndarray of
+the model's dtype and width with at most ``SERIAL_MAX`` rows (``is_ready``), ``FFF.predict`` / ``FFF.route``
+call ``predict_small`` / ``route_small``, which go straight to the serial kernel: no ``np.asarray``, no
+conversion, no memory check (such a batch cannot exceed memory), no thread query. About 1 µs of Python per
+call remains (mostly Numba's unboxing of the ten arguments); everything else takes the checked path with
+its error messages.
+
 Memory: beyond the output (n, output_width), a call allocates O(n) integers (leaves, sort order, tiles)
 and per-thread scratch of O(TILE · leaf_width); never an (n, 2**depth) array. A batch whose output and
 bookkeeping would not fit in physical memory is refused before anything is allocated.
@@ -45,7 +52,8 @@ from ._validation import check_fits_in_memory
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "GROUPED_MIN", "resolve_n_jobs", "num_threads", "route", "predict",
-           "leaf_outputs", "choose_method", "refuse_huge_batch", "threading_layer", "warmup"]
+           "is_ready", "predict_small", "route_small", "leaf_outputs", "choose_method", "refuse_huge_batch",
+           "threading_layer", "warmup"]
 
 METHODS = ("auto", "serial", "parallel", "grouped")
 #: Batches up to this size run on the calling thread ("serial").
@@ -212,6 +220,35 @@ def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method
     return out
 
 
+def is_ready(x, input_width: int, dtype) -> bool:
+    """Whether ``x`` can go to the kernels as it is: a 2-D C-contiguous ndarray of ``dtype`` with
+    ``input_width`` columns and 1 to ``SERIAL_MAX`` rows (the common batch-1 case).
+
+    The models test this first and then call ``predict_small`` / ``route_small``, skipping ``np.asarray``,
+    the dtype conversion, the memory check (a batch this small cannot exceed memory) and the thread
+    handling; anything else takes the checked path, with its error messages.
+    """
+    return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == dtype and 0 < x.shape[0] <= SERIAL_MAX
+            and x.shape[1] == input_width and x.flags.c_contiguous)
+
+
+def predict_small(x: np.ndarray, params: dict, depth: int, activation: str) -> np.ndarray:
+    """``predict`` on the calling thread (the same bits) for an ``x`` that passes ``is_ready``."""
+    w2s = params["w2s"]
+    out = np.empty((x.shape[0], w2s.shape[2]), dtype=w2s.dtype)
+    _k._predict_serial(x, params["node_weights"], params["node_biases"], params["w1s"], params["b1s"], w2s,
+                       params["b2s"], depth, _k.ACTIVATION_CODES[activation], out)
+    return out
+
+
+def route_small(x: np.ndarray, node_weights, node_biases, depth: int) -> np.ndarray:
+    """``route`` on the calling thread for an ``x`` that passes ``is_ready``."""
+    leaves = np.zeros(x.shape[0], dtype=np.int64)
+    if depth:
+        _k._route_serial(x, node_weights, node_biases, depth, leaves)
+    return leaves
+
+
 def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, method: str = "auto") -> np.ndarray:
     """Output (n, output_width) of leaf ``leaves[b]`` for each row ``b`` of ``x``, b2 included.
 
@@ -240,7 +277,11 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
 
 
 def _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
-    order = np.argsort(leaves, kind="stable")
+    n_leaves = w1s.shape[0]
+    if n_leaves <= max(4 * len(leaves), 1 << 16):  # a counting sort, O(n + leaves): 10x faster than argsort
+        order = _k._leaf_order(leaves, n_leaves)
+    else:
+        order = np.argsort(leaves, kind="stable")
     starts, tile_leaf = _k._make_tiles(leaves, order, _k.TILE)
     if threads <= 1:
         _k._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out)

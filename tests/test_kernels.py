@@ -66,7 +66,7 @@ def test_every_path_matches_reference(depth, n, dtype):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("leaf_width", [1, 15, 16, 31, 48, kernels.WIDE - 1, kernels.WIDE, kernels.WIDE + 19])
-@pytest.mark.parametrize("input_width", [1, 3, 4, 5, 63, 64, 130])
+@pytest.mark.parametrize("input_width", [1, 3, 4, 5, 16, 47, 63, 64, 80, 112, 130, 784])
 def test_leaf_widths_and_input_widths_around_block_edges(leaf_width, input_width, dtype):
     model, rng = random_model(3, dtype, leaf_width=leaf_width, input_width=input_width)
     x = rng.normal(size=(37, input_width)).astype(dtype)
@@ -238,3 +238,32 @@ def test_warmup_runs_and_is_public():
     fffcpu.warmup(("float32",))
     assert "warmup" in fffcpu.__all__
     assert isinstance(engine.threading_layer(), str)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", [0, 1, 5, 9])
+def test_small_batch_fast_path_gives_the_checked_paths_bits(depth, dtype):
+    """C-contiguous batches of the model dtype with up to SERIAL_MAX rows skip the conversions (is_ready)."""
+    model, rng = random_model(depth, dtype, leaf_width=16, input_width=70)
+    for n in (1, 2, 5, engine.SERIAL_MAX):
+        x = rng.normal(size=(n, 70)).astype(dtype)
+        assert engine.is_ready(x, 70, model.dtype)
+        p = model.params
+        np.testing.assert_array_equal(model.predict(x), engine.predict(x, p, depth, "relu", method="serial"))
+        np.testing.assert_array_equal(model.predict(x), engine.predict(x, p, depth, "relu", method="grouped"))
+        np.testing.assert_array_equal(model.route(x), engine.route(x, p["node_weights"], p["node_biases"], depth,
+                                                                   method="parallel"))
+        assert model.predict(x).dtype == np.dtype(dtype) and model.route(x).dtype == np.int64
+    other = "float64" if dtype == "float32" else "float32"
+    for x in (np.zeros((0, 70), dtype), np.zeros((3, 140), dtype)[:, ::2], np.zeros((3, 70), other),
+              np.zeros((engine.SERIAL_MAX + 1, 70), dtype), np.zeros((2, 69), dtype), [[0.0] * 70]):
+        assert not engine.is_ready(x, 70, model.dtype)
+    with pytest.raises(ValueError, match="x has 69 features, the model was built for input_width=70"):
+        model.predict(np.zeros((1, 69), dtype))
+
+
+@pytest.mark.parametrize("n_leaves", [1, 2, 7, 4096])
+def test_leaf_order_is_a_stable_argsort(n_leaves):
+    leaves = np.random.default_rng(n_leaves).integers(0, n_leaves, size=1000)
+    np.testing.assert_array_equal(kernels._leaf_order(leaves, n_leaves), np.argsort(leaves, kind="stable"))
+    assert kernels._leaf_order(leaves[:0], n_leaves).shape == (0,)

@@ -136,40 +136,88 @@ _hidden_block1 = _make_hidden_block(1)
 _hidden_block4 = _make_hidden_block(4)
 
 
-def _dot_codegen(context, builder, aa, ba, aoff_, boff_, n_, dtype):
-    """IR of one dot product in the fixed order documented on ``_dot``; returns the scalar value."""
+def _dots_codegen(context, builder, aa, ba, offs, n_, dtype):
+    """IR of ``len(offs)`` dot products ``a[aoff:]·b[boff:]`` over n elements, one per ``(aoff, boff)`` of
+    ``offs``, interleaved in one loop (independent dependency chains that the CPU overlaps; loads of the same
+    ``b`` address are shared by LLVM). Each product is summed in the fixed order documented on ``_dot``, the
+    same whatever the other products are. Returns the scalar values."""
     intp = context.get_value_type(types.intp)
     elt = context.get_data_type(dtype)
     vty = ir.VectorType(elt, LANES)
     align = dtype.bitwidth // 8
     zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
-    accs = [cgutils.alloca_once_value(builder, zero) for _ in range(4)]
+    m = len(offs)
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(m)]
+
+    def vload(arr, off):
+        return builder.load(builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer()), align=align)
+
+    def vstep(i, q):
+        for t, (aoff, boff) in enumerate(offs):
+            av = vload(aa, builder.add(aoff, i))
+            bv = vload(ba, builder.add(boff, i))
+            builder.store(builder.fadd(builder.load(accs[t][q]), builder.fmul(av, bv)), accs[t][q])
+
     block = ir.Constant(intp, 4 * LANES)
     n64 = builder.mul(builder.sdiv(n_, block), block)
     with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n64, block, intp) as (i, _):
         for q in range(4):
-            off = builder.add(i, ir.Constant(intp, q * LANES))
-            av = builder.load(builder.bitcast(builder.gep(aa.data, [builder.add(aoff_, off)]), vty.as_pointer()), align=align)
-            bv = builder.load(builder.bitcast(builder.gep(ba.data, [builder.add(boff_, off)]), vty.as_pointer()), align=align)
-            builder.store(builder.fadd(builder.load(accs[q]), builder.fmul(av, bv)), accs[q])
-    q = [builder.load(acc) for acc in accs]
-    v = builder.fadd(builder.fadd(q[0], q[1]), builder.fadd(q[2], q[3]))
-    lanes = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(LANES)]
-    while len(lanes) > 1:
-        lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
-    total = cgutils.alloca_once_value(builder, lanes[0])
-    with cgutils.for_range_slice(builder, n64, n_, ir.Constant(intp, 1), intp) as (i, _):
-        x = builder.load(builder.gep(aa.data, [builder.add(aoff_, i)]))
-        y = builder.load(builder.gep(ba.data, [builder.add(boff_, i)]))
-        builder.store(builder.fadd(builder.load(total), builder.fmul(x, y)), total)
-    return builder.load(total)
+            vstep(builder.add(i, ir.Constant(intp, q * LANES)), q)
+    # the last full 16-lane vectors of a partial block go to accumulators 0, 1, 2 in turn
+    lanes_c = ir.Constant(intp, LANES)
+    n16 = builder.mul(builder.sdiv(n_, lanes_c), lanes_c)
+    for q in range(3):
+        off = builder.add(n64, ir.Constant(intp, q * LANES))
+        with builder.if_then(builder.icmp_signed("<", off, n16)):
+            vstep(off, q)
+    totals = []
+    for t in range(m):
+        q = [builder.load(acc) for acc in accs[t]]
+        v = builder.fadd(builder.fadd(q[0], q[1]), builder.fadd(q[2], q[3]))
+        lanes = [builder.extract_element(v, ir.Constant(ir.IntType(32), k)) for k in range(LANES)]
+        while len(lanes) > 1:
+            lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
+        totals.append(cgutils.alloca_once_value(builder, lanes[0]))
+    with cgutils.for_range_slice(builder, n16, n_, ir.Constant(intp, 1), intp) as (i, _):
+        for t, (aoff, boff) in enumerate(offs):
+            x = builder.load(builder.gep(aa.data, [builder.add(aoff, i)]))
+            y = builder.load(builder.gep(ba.data, [builder.add(boff, i)]))
+            builder.store(builder.fadd(builder.load(totals[t]), builder.fmul(x, y)), totals[t])
+    return [builder.load(total) for total in totals]
+
+
+def _dots_intrinsic_codegen(m):
+    """Codegen of an intrinsic computing ``m`` ``_dot`` products in one interleaved loop (same bits as ``m``
+    calls), arguments ``(a, aoff_0, boff_0, ..., aoff_{m-1}, boff_{m-1}, b, n)``."""
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        aa = context.make_array(tys[0])(context, builder, args[0])
+        ba = context.make_array(tys[2 * m + 1])(context, builder, args[2 * m + 1])
+        vals = _intp_args(context, builder, signature, args, list(range(1, 2 * m + 1)) + [2 * m + 2])
+        offs = [(vals[2 * t], vals[2 * t + 1]) for t in range(m)]
+        out = _dots_codegen(context, builder, aa, ba, offs, vals[-1], tys[0].dtype)
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return codegen
+
+
+@intrinsic
+def _dot_pair(typingctx, a, aoff0, boff0, aoff1, boff1, b, n):
+    """Two ``_dot`` products on different rows of b, interleaved (two chains that overlap):
+    ``(a[aoff0:]·b[boff0:], a[aoff1:]·b[boff1:])`` over n elements, the bits of two ``_dot`` calls."""
+    if not _same_c_arrays(a, b):
+        return None
+    return types.UniTuple(a.dtype, 2)(a, aoff0, boff0, aoff1, boff1, b, n), _dots_intrinsic_codegen(2)
 
 
 @intrinsic
 def _dot(typingctx, a, aoff, b, boff, n):
     """``Σ_i a[aoff + i] * b[boff + i]`` over i < n, in a fixed order: lane k of four 16-lane accumulators
-    sums the i ≡ k (mod 16) of successive 64-element blocks; the accumulators combine as (q0+q1)+(q2+q3),
-    the lanes as a pairwise tree, and the remaining n mod 64 products are added one by one at the end."""
+    sums the i ≡ k (mod 16) of successive 64-element blocks, and the up to three full 16-element vectors that
+    follow the last whole block are added to accumulators 0, 1, 2; the accumulators combine as
+    (q0+q1)+(q2+q3), the lanes as a pairwise tree, and the remaining n mod 16 products are added one by one
+    at the end."""
     if not _same_c_arrays(a, b):
         return None
     sig = a.dtype(a, aoff, b, boff, n)
@@ -179,27 +227,7 @@ def _dot(typingctx, a, aoff, b, boff, n):
         aa = context.make_array(tys[0])(context, builder, args[0])
         ba = context.make_array(tys[2])(context, builder, args[2])
         aoff_, boff_, n_ = _intp_args(context, builder, signature, args, (1, 3, 4))
-        return _dot_codegen(context, builder, aa, ba, aoff_, boff_, n_, tys[0].dtype)
-
-    return sig, codegen
-
-
-@intrinsic
-def _dot_pair(typingctx, a, aoff0, boff0, aoff1, boff1, b, n):
-    """Two ``_dot`` products (same bits as two calls), emitted one after the other in one block so that the
-    CPU overlaps their memory accesses: ``(a[aoff0:]·b[boff0:], a[aoff1:]·b[boff1:])`` over n elements."""
-    if not _same_c_arrays(a, b):
-        return None
-    sig = types.UniTuple(a.dtype, 2)(a, aoff0, boff0, aoff1, boff1, b, n)
-
-    def codegen(context, builder, signature, args):
-        tys = signature.args
-        aa = context.make_array(tys[0])(context, builder, args[0])
-        ba = context.make_array(tys[5])(context, builder, args[5])
-        a0, b0, a1, b1, n_ = _intp_args(context, builder, signature, args, (1, 2, 3, 4, 6))
-        v0 = _dot_codegen(context, builder, aa, ba, a0, b0, n_, tys[0].dtype)
-        v1 = _dot_codegen(context, builder, aa, ba, a1, b1, n_, tys[0].dtype)
-        return context.make_tuple(builder, signature.return_type, [v0, v1])
+        return _dots_codegen(context, builder, aa, ba, [(aoff_, boff_)], n_, tys[0].dtype)[0]
 
     return sig, codegen
 
@@ -260,6 +288,7 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     width = w1s.shape[2]
     n_out = w2s.shape[2]
     count = stop - start
+    zero = w2s.dtype.type(0)
     n_in4 = n_in - n_in % 4
     if width < WIDE:
         w16 = width - width % LANES
@@ -273,8 +302,6 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
                 _hidden_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width)
                 t += 1
         if w16 < width:  # the last width % 16 units, one at a time, same arithmetic as the blocks
-            hid[0, w16] = 0
-            zero = hid[0, w16]
             for t in range(count):
                 s = order[start + t]
                 for j in range(w16, width):
@@ -321,15 +348,13 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         for j in range(width):
             h[j] = _activate(h[j] + b1s[leaf, j], act)
         y = out[order[start + t]]
+        # One register accumulator per output (a store into ``y`` inside the j loop would be reloaded on every
+        # step: LLVM cannot prove that ``y`` does not alias ``h`` or ``w2s``). Same order: 0, then increasing j.
         for k in range(n_out):
-            y[k] = 0
-        for j in range(width):
-            hj = h[j]
-            w2row = w2s[leaf, j]
-            for k in range(n_out):
-                y[k] += hj * w2row[k]
-        for k in range(n_out):
-            y[k] += b2s[leaf, k]
+            acc = zero
+            for j in range(width):
+                acc += h[j] * w2s[leaf, j, k]
+            y[k] = acc + b2s[leaf, k]
 
 
 @njit(cache=True, nogil=True)
@@ -362,6 +387,23 @@ def _route_parallel(x, node_weights, node_biases, depth, leaves):
         _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves)
     if n % 2:
         leaves[n - 1] = _route_one(x, n - 1, node_weights, node_biases, depth)
+
+
+@njit(cache=True, nogil=True)
+def _leaf_order(leaves, n_leaves):
+    """Samples sorted by leaf, stably (a counting sort: O(n + n_leaves)); same result as a stable argsort."""
+    n = leaves.shape[0]
+    count = np.zeros(n_leaves + 1, dtype=np.int64)
+    for s in range(n):
+        count[leaves[s] + 1] += 1
+    for leaf in range(n_leaves):
+        count[leaf + 1] += count[leaf]
+    order = np.empty(n, dtype=np.int64)
+    for s in range(n):
+        leaf = leaves[s]
+        order[count[leaf]] = s
+        count[leaf] += 1
+    return order
 
 
 # --- per-sample prediction (route, then the sample's own leaf) ---------------------------------

@@ -224,8 +224,11 @@ class FFF(Model):
         -------
         ndarray of int64, shape (n,), values in [0, 2**depth)
         """
+        p = self.params
+        if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
+            return engine.route_small(x, p["node_weights"], p["node_biases"], self.depth)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
-        return engine.route(x, self.params["node_weights"], self.params["node_biases"], self.depth, n_jobs=n_jobs)
+        return engine.route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
 
     def predict(self, x, *, n_jobs=None) -> np.ndarray:
         """Hard inference (§2): route each sample to one leaf and evaluate that leaf only, b2 included.
@@ -248,6 +251,8 @@ class FFF(Model):
         -------
         ndarray, shape (n, output_width), the model's dtype
         """
+        if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
+            return engine.predict_small(x, self.params, self.depth, self.activation)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs)
 
