@@ -334,3 +334,14 @@ def test_sizes_from_the_paper():
     assert model.training_width == 128 and model.inference_size == 12
     assert fffcpu.tree.training_size(4, 8) == 15 + 128
     assert FF(784, 128, 10).training_width == 128
+
+
+def test_initialisation_follows_the_package():
+    model = FFF(100, 4, 3, 5, seed=0)
+    p = model.params
+    for name in ("node_weights", "node_biases", "w1s", "b1s"):
+        assert 0.09 < np.abs(p[name]).max() <= 0.1, name  # U(±1/√input_width)
+    for name in ("w2s", "b2s"):
+        assert 0.4 < np.abs(p[name]).max() <= 0.5, name  # U(±1/√leaf_width)
+    assert abs(p["w1s"].mean()) < 0.01
+    np.testing.assert_array_equal(FFF(100, 4, 3, 5, seed=0).params["w1s"], p["w1s"])  # seeded

@@ -10,7 +10,8 @@ from .._validation import check_dtype, check_fits_in_memory, check_input, format
 class Model:
     """Base class of the models: ``params`` and ``grads`` are dicts of NumPy arrays with the same keys.
 
-    Subclasses define ``param_shapes()`` (name -> shape, in creation order), ``_init_params(rng)``,
+    Subclasses define ``param_shapes()`` (name -> shape, in creation order), ``init_bounds()`` (name -> b for
+    the U(-b, b) initialisation),
     ``config()`` (the JSON-able constructor arguments), ``forward``, ``backward`` and ``predict``.
 
     ``param_blocks`` maps a parameter name to the kind of block its first axis indexes ("node" or "leaf")
@@ -35,7 +36,7 @@ class Model:
     def param_shapes(self) -> dict:
         raise NotImplementedError
 
-    def _init_params(self, rng) -> dict:
+    def init_bounds(self) -> dict:
         raise NotImplementedError
 
     def config(self) -> dict:
@@ -53,12 +54,15 @@ class Model:
             self._grads = {name: np.zeros_like(p) for name, p in self.params.items()}
         return self._grads
 
-    def _uniform(self, rng, shape, bound):
-        """U(-bound, bound) drawn directly in the model's dtype (no float64 temporary)."""
-        out = rng.random(shape, dtype=self.dtype)
-        out *= 2 * bound
-        out -= bound
-        return out
+    def _init_params(self, rng) -> dict:
+        """Every parameter ~ U(-b, b) with b from ``init_bounds()``, drawn in ``param_shapes()`` order directly in
+        the model's dtype (no float64 temporary)."""
+        bounds, params = self.init_bounds(), {}
+        for name, shape in self.param_shapes().items():
+            params[name] = rng.random(shape, dtype=self.dtype)
+            params[name] *= 2 * bounds[name]
+            params[name] -= bounds[name]
+        return params
 
     def _check_x(self, x, *, finite: bool = False, name: str = "x"):
         return check_input(x, self.input_width, self.dtype, name=name, finite=finite)

@@ -49,10 +49,9 @@ class FF(Model):
         i, h, o = self.input_width, self.hidden_width, self.output_width
         return {"w1": (i, h), "b1": (h,), "w2": (h, o), "b2": (o,)}
 
-    def _init_params(self, rng) -> dict:
+    def init_bounds(self) -> dict:
         bound_in, bound_hidden = 1 / np.sqrt(self.input_width), 1 / np.sqrt(self.hidden_width)
-        bounds = {"w1": bound_in, "b1": bound_in, "w2": bound_hidden, "b2": bound_hidden}
-        return {name: self._uniform(rng, shape, bounds[name]) for name, shape in self.param_shapes().items()}
+        return {"w1": bound_in, "b1": bound_in, "w2": bound_hidden, "b2": bound_hidden}
 
     def config(self) -> dict:
         return {

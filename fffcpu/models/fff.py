@@ -141,12 +141,10 @@ class FFF(Model):
             "b2s": (nl, o),
         }
 
-    def _init_params(self, rng) -> dict:
-        shapes = self.param_shapes()
+    def init_bounds(self) -> dict:
         bound_in, bound_leaf = 1 / np.sqrt(self.input_width), 1 / np.sqrt(self.leaf_width)
-        bounds = {"node_weights": bound_in, "node_biases": bound_in, "w1s": bound_in, "b1s": bound_in,
-                  "w2s": bound_leaf, "b2s": bound_leaf}
-        return {name: self._uniform(rng, shape, bounds[name]) for name, shape in shapes.items()}
+        return {"node_weights": bound_in, "node_biases": bound_in, "w1s": bound_in, "b1s": bound_in,
+                "w2s": bound_leaf, "b2s": bound_leaf}
 
     def config(self) -> dict:
         return {

@@ -190,12 +190,9 @@ class UltraFFF(Model):
         k, n = self.trees, self.n_nodes
         return {"w_in": (k, n, self.input_width), "b_in": (k, n), "w_out": (k, n, self.output_width)}
 
-    def _init_params(self, rng) -> dict:
-        shapes = self.param_shapes()
+    def init_bounds(self) -> dict:
         bound_in = 1 / math.sqrt(self.input_width)
-        bound_out = 1 / math.sqrt(self.trees * (self.depth + 1))
-        bounds = {"w_in": bound_in, "b_in": bound_in, "w_out": bound_out}
-        return {name: self._uniform(rng, shape, bounds[name]) for name, shape in shapes.items()}
+        return {"w_in": bound_in, "b_in": bound_in, "w_out": 1 / math.sqrt(self.trees * (self.depth + 1))}
 
     def config(self) -> dict:
         return {
