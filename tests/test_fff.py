@@ -292,15 +292,6 @@ def test_bad_inputs(method):
     assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
 
 
-def test_backward_needs_forward_and_matching_dy():
-    model = FFF(4, 2, 2, 2)
-    with pytest.raises(RuntimeError, match="call forward"):
-        model.backward(np.zeros((1, 2)))
-    model.forward(np.zeros((3, 4)))
-    with pytest.raises(ValueError, match=r"dy must have the shape .* \(3, 2\), got \(3, 3\)"):
-        model.backward(np.zeros((3, 3)))
-
-
 def test_predict_lets_nan_propagate():
     model = FFF(3, 2, 2, 2, dtype="float64", seed=0)
     x = np.array([[np.nan, 0.0, 0.0], [1.0, 2.0, 3.0]])

@@ -412,15 +412,6 @@ def test_bad_inputs(method):
     assert f(np.asfortranarray(np.ones((3, 4)))).shape[0] == 3  # any memory layout
 
 
-def test_backward_needs_forward_and_matching_dy():
-    model = UltraFFF(4, 2, 2)
-    with pytest.raises(RuntimeError, match="call forward"):
-        model.backward(np.zeros((1, 2)))
-    model.forward(np.zeros((3, 4)))
-    with pytest.raises(ValueError, match=r"dy must have the shape .* \(3, 2\), got \(3, 3\)"):
-        model.backward(np.zeros((3, 3)))
-
-
 def test_set_params_checks_shapes_and_copy_is_independent():
     model, rng = random_model(2, seed=14)
     with pytest.raises(ValueError, match=r"parameter 'w_in' must have shape"):
