@@ -277,21 +277,6 @@ def test_huge_depth_refused_before_allocating():
         FFF(784, 16, 10, 30)
 
 
-@pytest.mark.parametrize("method", ["predict", "route", "forward", "predict_soft"])
-def test_bad_inputs(method):
-    model = FFF(4, 2, 2, 2)
-    f = getattr(model, method)
-    with pytest.raises(ValueError, match="x has 3 features, the model was built for input_width=4"):
-        f(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"2-D \(n_samples, 4\), got shape \(4,\); for one sample use"):
-        f(np.zeros(4))
-    with pytest.raises(TypeError, match="complex"):
-        f(np.zeros((2, 4), dtype=complex))
-    with pytest.raises(TypeError, match="real numbers"):
-        f(np.array([["a", "b", "c", "d"]]))
-    assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
-
-
 def test_predict_lets_nan_propagate():
     model = FFF(3, 2, 2, 2, dtype="float64", seed=0)
     x = np.array([[np.nan, 0.0, 0.0], [1.0, 2.0, 3.0]])

@@ -31,3 +31,22 @@ def test_grads_have_the_keys_and_shapes_of_params(make):
     assert set(model.grads) == set(model.params)
     for name, p in model.params.items():
         assert model.grads[name].shape == p.shape and model.grads[name].dtype == p.dtype
+
+
+ENTRY_POINTS = [(name, method) for name in MODELS for method in ("predict", "route", "forward", "predict_soft")
+                if not (name == "FF" and method == "route")]  # a dense layer has no routes
+
+
+@pytest.mark.parametrize("name, method", ENTRY_POINTS)
+def test_bad_inputs(name, method):
+    f = getattr(MODELS[name](), method)
+    with pytest.raises(ValueError, match="x has 3 features, the model was built for input_width=4"):
+        f(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"2-D \(n_samples, 4\), got shape \(4,\); for one sample use"):
+        f(np.zeros(4))
+    with pytest.raises(TypeError, match="complex"):
+        f(np.zeros((2, 4), dtype=complex))
+    with pytest.raises(TypeError, match="real numbers"):
+        f(np.array([["a", "b", "c", "d"]]))
+    assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
+    assert f(np.asfortranarray(np.ones((3, 4)))).shape[0] == 3  # any memory layout

@@ -398,20 +398,6 @@ def test_bad_hyperparameters(kwargs, error, message):
         UltraFFF(**args)
 
 
-@pytest.mark.parametrize("method", ["predict", "route", "forward", "predict_soft"])
-def test_bad_inputs(method):
-    model = UltraFFF(4, 2, 2)
-    f = getattr(model, method)
-    with pytest.raises(ValueError, match="x has 3 features, the model was built for input_width=4"):
-        f(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match=r"2-D \(n_samples, 4\), got shape \(4,\); for one sample use"):
-        f(np.zeros(4))
-    with pytest.raises(TypeError, match="complex"):
-        f(np.zeros((2, 4), dtype=complex))
-    assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
-    assert f(np.asfortranarray(np.ones((3, 4)))).shape[0] == 3  # any memory layout
-
-
 def test_set_params_checks_shapes_and_copy_is_independent():
     model, rng = random_model(2, seed=14)
     with pytest.raises(ValueError, match=r"parameter 'w_in' must have shape"):
