@@ -50,3 +50,11 @@ def test_bad_inputs(name, method):
         f(np.array([["a", "b", "c", "d"]]))
     assert f(np.ones((2, 4), dtype=np.int64)).shape[0] == 2  # integers are converted
     assert f(np.asfortranarray(np.ones((3, 4)))).shape[0] == 3  # any memory layout
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_parameters_are_64_byte_aligned_and_stay_so(make):
+    model = make()
+    assert all(p.ctypes.data % 64 == 0 and p.flags.c_contiguous for p in model.params.values())
+    model.set_params({k: np.ones(v.shape) for k, v in model.params.items()})
+    assert all(p.ctypes.data % 64 == 0 and (p == 1).all() for p in model.params.values())

@@ -56,10 +56,11 @@ class Model:
 
     def _init_params(self, rng) -> dict:
         """Every parameter ~ U(-b, b) with b from ``init_bounds()``, drawn in ``param_shapes()`` order directly in
-        the model's dtype (no float64 temporary)."""
+        the model's dtype (no float64 temporary), into 64-byte-aligned arrays (whole cache lines and AVX-512
+        vectors for the kernels; ``set_params`` copies into these arrays, so they stay aligned)."""
         bounds, params = self.init_bounds(), {}
         for name, shape in self.param_shapes().items():
-            params[name] = rng.random(shape, dtype=self.dtype)
+            params[name] = rng.random(shape, dtype=self.dtype, out=_aligned_empty(shape, self.dtype))
             params[name] *= 2 * bounds[name]
             params[name] -= bounds[name]
         return params
@@ -118,3 +119,12 @@ class Model:
 
     def summary(self) -> str:
         return f"{self!r}: {self.n_parameters:,} parameters, {format_bytes(self.nbytes)}"
+
+
+def _aligned_empty(shape, dtype, align: int = 64) -> np.ndarray:
+    """An uninitialised C-ordered array whose data starts on an ``align``-byte boundary."""
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(n_bytes + align, dtype=np.uint8)
+    offset = -buffer.ctypes.data % align
+    return buffer[offset:offset + n_bytes].view(dtype).reshape(shape)
