@@ -78,6 +78,13 @@ def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite:
     return arr
 
 
+def is_valid_input(x, n_features: int, dtype) -> bool:
+    """Whether ``x`` is already what ``check_input`` would return: a C-contiguous 2-D ndarray of ``dtype`` with
+    ``n_features`` columns. The models' fast paths test this to skip conversion and copies."""
+    return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == dtype and x.shape[1] == n_features
+            and x.flags.c_contiguous)
+
+
 def physical_memory_bytes() -> int | None:
     """Total physical memory of this machine, or None where the platform does not say."""
     try:

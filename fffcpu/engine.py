@@ -48,7 +48,7 @@ from contextlib import contextmanager
 import numba
 import numpy as np
 
-from ._validation import check_fits_in_memory
+from ._validation import check_fits_in_memory, is_valid_input
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "GROUPED_MIN", "resolve_n_jobs", "num_threads", "route", "predict",
@@ -228,8 +228,7 @@ def is_ready(x, input_width: int, dtype) -> bool:
     the dtype conversion, the memory check (a batch this small cannot exceed memory) and the thread
     handling; anything else takes the checked path, with its error messages.
     """
-    return (type(x) is np.ndarray and x.ndim == 2 and x.dtype == dtype and 0 < x.shape[0] <= SERIAL_MAX
-            and x.shape[1] == input_width and x.flags.c_contiguous)
+    return is_valid_input(x, input_width, dtype) and 0 < x.shape[0] <= SERIAL_MAX
 
 
 def predict_small(x: np.ndarray, params: dict, depth: int, activation: str) -> np.ndarray:

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from .._validation import check_fits_in_memory, check_positive_int, format_bytes
+from .._validation import check_fits_in_memory, check_positive_int, format_bytes, is_valid_input
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
 from .base import Model
@@ -240,8 +240,7 @@ class UltraFFF(Model):
         -------
         ndarray, shape (n, output_width), the model's dtype
         """
-        if (type(x) is np.ndarray and x.ndim == 2 and x.dtype is self.dtype and x.shape[1] == self.input_width
-                and x.flags.c_contiguous):  # already valid: no checks, no copy (the batch-1 path)
+        if is_valid_input(x, self.input_width, self.dtype):  # no checks, no copy (the batch-1 path)
             kernel = _kernels.predict_kernel(x.shape[0])
             if kernel is not None:
                 p = self.params
