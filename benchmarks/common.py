@@ -11,6 +11,19 @@ import numpy as np
 
 THREADS = 2  # every library gets this many threads (Numba, BLAS, torch)
 
+#: Seconds of sleep (not timed) after each method's turn. After a call returns, a thread pool keeps its workers
+#: spinning for a while in case more work comes: OpenBLAS's pthreads for about 0.1 s here (2**28 cycles by
+#: default), OpenMP workers (Numba's, torch's) for a shorter time. A method timed while another library's workers
+#: still spin shares the 2 cores with them: measured on this machine, FFF(784, 16, 10, 9).predict on 4096 inputs
+#: took 15 ms right after a NumPy matmul and 4.2 ms after 0.2 s of sleep. Each method therefore starts from idle
+#: thread pools, as in a program that does not alternate libraries in a tight loop.
+SETTLE_S = 0.2
+
+
+def settle(seconds=SETTLE_S):
+    """Sleep until the thread pools of the previously timed library have stopped spinning."""
+    time.sleep(seconds)
+
 
 @dataclasses.dataclass
 class Section:
@@ -42,12 +55,14 @@ def median_time(fn, *, min_repeats=3, max_repeats=50, budget=1.0, warmup=1):
     return float(np.median(times)), len(times)
 
 
-def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, warmup=1, slice_s=0.02):
+def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, warmup=1, slice_s=0.2,
+                        settle_s=SETTLE_S):
     """Median wall time of each ``fns[name](k)``, the methods taking turns so that they see the same machine load.
 
     ``fns`` maps a name to a callable of the call number k (so each call can take distinct inputs). After
     ``warmup`` untimed calls each, the methods run in rounds; in a round each method still running makes calls
-    for about ``slice_s`` seconds (at least one). A method stops once it has ``min_repeats[name]`` (default 3)
+    for about ``slice_s`` seconds (at least one), then the process sleeps ``settle_s`` (see ``SETTLE_S``; not
+    counted) before the next method's turn. A method stops once it has ``min_repeats[name]`` (default 3)
     timings and either ``max_repeats[name]`` (default 50) of them or ``budget`` seconds spent. Returns
     ``{name: (median seconds, repeats)}``.
     """
@@ -55,6 +70,7 @@ def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, 
     for fn in fns.values():
         for k in range(warmup):
             fn(k)
+    settle(settle_s)
     times = {name: [] for name in fns}
     spent = dict.fromkeys(fns, 0.0)
 
@@ -65,6 +81,8 @@ def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, 
     k = warmup
     while any(running(name) for name in fns):
         for name, fn in fns.items():
+            if not running(name):
+                continue
             in_slice = 0.0
             while running(name) and (in_slice == 0.0 or in_slice < slice_s):
                 t0 = time.perf_counter()
@@ -74,6 +92,7 @@ def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, 
                 spent[name] += dt
                 in_slice += dt
                 k += 1
+            settle(settle_s)
     return {name: (float(np.median(t)), len(t)) for name, t in times.items()}
 
 

@@ -28,7 +28,7 @@ from threadpoolctl import threadpool_limits
 import fffcpu
 from fffcpu import FFF, engine
 
-from .common import (THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians, median_time,
+from .common import (SETTLE_S, THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians,
                      peak_memory, read_bandwidth, table)
 
 INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
@@ -159,7 +159,8 @@ def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng
         if use_torch:
             fns["torch dense"] = lambda k: torch_dense(pool[k % P])
             fns["pkg"] = lambda k: torch_pkg(pool[k % P])
-        timed = interleaved_medians(fns, budget=budget, min_repeats=lo, max_repeats=hi)
+        timed = interleaved_medians(fns, budget=budget, min_repeats=lo, max_repeats=hi,
+                                    settle_s=0.02 if quick else SETTLE_S)
         (t_fff, reps), (t_dense, _) = timed["fff"], timed["dense"]
         t_td = timed["torch dense"][0] if use_torch else None
         t_pkg = timed["pkg"][0] if use_torch else None

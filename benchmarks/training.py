@@ -18,7 +18,7 @@ from fffcpu import FF, FFF
 from fffcpu.functional import cross_entropy_grad
 from fffcpu.optim import Adam
 
-from .common import THREADS, Section, fmt_rate, have_torch, median_time, table
+from .common import THREADS, Section, fmt_rate, have_torch, median_time, settle, table
 
 INPUT, LEAF, OUTPUT, DEPTH, HIDDEN, BATCH, HARDENING, LR = 784, 8, 10, 4, 128, 256, 0.1, 1e-3
 TARGET = 2.0  # fffcpu step at least this many times faster than the torch package
@@ -68,6 +68,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
     times = {}
     with threadpool_limits(limits=threads):
         for name, step in steps.items():
+            settle()  # the previous method's BLAS or OpenMP threads stop spinning first
             times[name], _ = median_time(lambda k: step(xs[k % n_pool], ls[k % n_pool]), warmup=3, budget=budget,
                                          max_repeats=repeats)
             print(f"  {name}: {times[name] * 1e3:.2f} ms/step", flush=True)

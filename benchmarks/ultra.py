@@ -10,9 +10,10 @@ Configuration of arXiv 2311.10770 §3.2 (spec §2): input = output = 768, depth 
 float32, 2 threads everywhere (Numba, BLAS, torch). Baselines: the dense FF ``y = GELU(x W1 + b1) W2 + b2`` of width
 3072 (BERT-base) and 4095 (the same number of neurons), NumPy matmul into preallocated buffers, exact-erf GELU in
 place; PyTorch dense (``nn.Linear`` + GELU under ``inference_mode``) when torch is installed. Every figure is the
-median of several timed calls of the public API (``UltraFFF.predict``), after a warm-up call, measured in rounds
-that call UltraFFF and every baseline in turn (``interleaved_times``), so that the load of a shared machine hits
-all of them alike.
+median of several timed calls of the public API, after a warm-up call, measured in rounds that call UltraFFF and
+every baseline in turn (``interleaved_times``), so that the load of a shared machine hits all of them alike. Like
+the dense baseline, UltraFFF writes into a preallocated output (``UltraFFF.predict(x, out=y)``); a column gives
+``UltraFFF.predict(x)`` too, which allocates its output at every call.
 
 Training: one forward + backward step (input gradient included, as for a layer inside a network) at batch 2048, the
 path kernels against the dense-masked formulation of the UltraFastBERT training code (all 4095 logits, off-path
@@ -51,12 +52,16 @@ def median_time(fn, *, min_seconds=0.3, max_repeats=200, min_repeats=3):
     return float(np.median(times))
 
 
-def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, timing_seconds=2e-3, settle=0.03):
+def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, timing_seconds=2e-3, settle=None):
     """Median time per call of each of ``fns`` (name -> callable), measured in rounds that call every function
     in turn, so that a change of the machine's load hits all of them alike. A function faster than
     ``timing_seconds`` is called several times per timing (the clock's resolution and the loop's overhead).
-    After each timing the process sleeps ``settle`` seconds (not counted), so that the idle OpenMP workers of a
-    parallel Numba call or OpenBLAS threads stop spinning before the next function runs."""
+    After each timing the process sleeps ``settle`` seconds (default ``common.SETTLE_S``; not counted), so that
+    the idle OpenBLAS threads or OpenMP workers of the previous function have stopped spinning before the next
+    function runs."""
+    from .common import SETTLE_S
+
+    settle = SETTLE_S if settle is None else settle
     inner = {}
     for name, fn in fns.items():
         fn()
@@ -143,7 +148,8 @@ def inference(batches, quick):
     for n in batches:
         x = rng.standard_normal((n, WIDTH), dtype=np.float32)
         budget = (0.3 if quick else 1.5) if n <= 2048 else (1.0 if quick else 6.0)
-        fns = {"ultra": lambda: model.predict(x)}
+        y = np.empty((n, WIDTH), np.float32)
+        fns = {"ultra": lambda: model.predict(x, out=y), "ultra_new": lambda: model.predict(x)}
         for h, layer in dense.items():
             bufs = layer.buffers(n)
             fns[h] = lambda layer=layer, bufs=bufs: layer(x, *bufs)
@@ -151,14 +157,15 @@ def inference(batches, quick):
             xt = torch.from_numpy(x)
             for h, run in tdense.items():
                 fns[f"torch{h}"] = lambda run=run: run(xt)
-        t = interleaved_times(fns, min_seconds=budget, min_rounds=3 if quick or n > 2048 else 7)
+        t = interleaved_times(fns, min_seconds=budget, min_rounds=3 if quick or n > 2048 else 7,
+                              settle=0.02 if quick else None)
         del fns
-        t_ultra, t_dense = t["ultra"], {h: t[h] for h in dense}
+        t_ultra, t_new, t_dense = t["ultra"], t["ultra_new"], {h: t[h] for h in dense}
         t_torch = {h: t[f"torch{h}"] for h in dense if f"torch{h}" in t}
         nodes = model.route(x)  # leaves; distinct rows touched = distinct path nodes of the batch
         distinct = _distinct_path_nodes(nodes[:, 0], DEPTH)
         rows.append({
-            "n": n, "ultra": t_ultra, "dense": t_dense, "torch": t_torch,
+            "n": n, "ultra": t_ultra, "ultra_new": t_new, "dense": t_dense, "torch": t_torch,
             "path_bytes": (DEPTH + 1) * row_bytes, "distinct_bytes": distinct * row_bytes / n,
         })
         print(f"  batch {n:>6}: UltraFFF {n / t_ultra:>12,.0f} tok/s; dense-3072 {n / t_dense[3072]:>10,.0f} tok/s "
@@ -189,7 +196,8 @@ def training(n, quick):
         cache = masked_forward(model.params, x, DEPTH)
         return masked_backward(model.params, cache, g, input_grad=True)
 
-    out = interleaved_times({"path": path_step, "masked_numpy": masked_step}, min_seconds=3 * budget, min_rounds=5)
+    out = interleaved_times({"path": path_step, "masked_numpy": masked_step}, min_seconds=3 * budget, min_rounds=5,
+                            settle=0.02 if quick else None)
     if have_torch():
         import torch
 
@@ -227,8 +235,8 @@ def report(rows, dense_bytes, dense4095_bytes, train, n_train):
     lim3072, lim4095 = 3072 / 12, 4095 / 12
     lines = ["### Inference: tokens/s (2 threads, float32, input = output = 768)", "",
              "| batch | UltraFFF 1x11 | dense NumPy 3072 | dense NumPy 4095 | torch dense 3072 | speedup vs 3072 "
-             "| of 256x | speedup vs 4095 | of 341x | vs torch 3072 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| of 256x | speedup vs 4095 | of 341x | vs torch 3072 | UltraFFF, new output array per call |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n, tu, td = r["n"], r["ultra"], r["dense"]
         s3, s4 = td[3072] / tu, td[4095] / tu
@@ -236,7 +244,7 @@ def report(rows, dense_bytes, dense4095_bytes, train, n_train):
         lines.append(
             f"| {n} | {fmt_rate(n / tu)} | {fmt_rate(n / td[3072])} | {fmt_rate(n / td[4095])} | "
             f"{fmt_rate(n / tt) if tt else '-'} | **{s3:.1f}x** | {s3 / lim3072:.0%} | {s4:.1f}x | {s4 / lim4095:.0%} | "
-            f"{f'{tt / tu:.1f}x' if tt else '-'} |")
+            f"{f'{tt / tu:.1f}x' if tt else '-'} | {fmt_rate(n / r['ultra_new'])} ({td[3072] / r['ultra_new']:.1f}x) |")
     lines += ["", "### Bytes and bandwidth", "",
               "| batch | UltraFFF path bytes/token (12 rows, no reuse) | distinct rows of the batch, bytes/token "
               "| implied bandwidth without reuse | with full reuse | dense-3072 weight bytes/token | dense-3072 GFLOP/s "

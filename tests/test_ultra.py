@@ -1,6 +1,8 @@
 """UltraFFF (spec §2): the path kernels against the per-sample references of tests/naive_ultra.py and the NumPy
 masked formulation, gradients against central differences and torch autograd, state dicts, save/load, training."""
 
+import re
+
 import numba
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import fffcpu
 from fffcpu import UltraFFF
 from fffcpu.functional import cross_entropy_grad, mean_squared_error_grad
 from fffcpu.kernels import ultra as kernels
+from fffcpu.models.base import _aligned_empty
 from fffcpu.models.ultra import masked_backward, masked_forward, path_mask
 
 import naive
@@ -142,10 +145,10 @@ def test_grouped_kernel_equals_per_input_kernel_at_every_split(dtype):
     ref = [np.empty(shape, np.int64), np.empty(shape, dtype), np.empty(shape, dtype),
            np.empty((len(x), model.output_width), dtype)]
     kernels._forward_serial(x, *model._weights(), 0, *ref)
-    for split in range(6):
-        out = [np.empty_like(a) for a in ref]
+    for split, stream in [(s, False) for s in range(6)] + [(3, True)]:
+        out = [np.empty_like(a) for a in ref[:3]] + [_aligned_empty(ref[3].shape, dtype)]
         order = np.empty(len(x), np.int64)
-        kernels._forward_grouped(x, *model._weights(), 0, split, *out, order)
+        kernels._forward_grouped(x, *model._weights(), 0, split, stream, *out, order)
         for a, b in zip(out, ref):
             np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(np.sort(order), np.arange(len(x)))  # a permutation
@@ -420,7 +423,7 @@ def _call_dot(a, b):
 
 @numba.njit
 def _call_dot4(a, b):
-    return kernels._dot4(a[0], a[1], a[2], a[3], b)
+    return kernels._dot4(a[0], b[0], a[1], b[1], a[2], b[2], a[3], b[3])
 
 
 @numba.njit
@@ -428,34 +431,92 @@ def _call_path_output(y, w_out, nodes, acts):
     kernels._path_output(y, w_out, nodes, acts)
 
 
+@numba.njit
+def _call_path_output_stream(y, w_out, nodes, acts):
+    kernels._path_output_stream(y, w_out, nodes, acts)
+    kernels._store_fence()
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("width", [1, 5, 15, 16, 63, 64, 65, 200, 768])
 def test_dot_primitives_fixed_order(width, dtype):
-    """_dot4 gives the bits of four _dot calls (one row load serves four inputs) and both are dot products."""
+    """_dot4 gives the bits of four _dot calls (four independent dot products in one loop) and both are dot
+    products."""
     rng = np.random.default_rng(width)
     a = rng.normal(size=(4, width)).astype(dtype)
-    b = rng.normal(size=width).astype(dtype)
-    singles = np.array([_call_dot(a[i], b) for i in range(4)])
+    b = rng.normal(size=(4, width)).astype(dtype)
+    singles = np.array([_call_dot(a[i], b[i]) for i in range(4)])
     quad = np.array(_call_dot4(a, b))
+    np.testing.assert_array_equal(np.array(_call_dot4(a, b[[0, 0, 0, 0]])), [_call_dot(a[i], b[0]) for i in range(4)])
     np.testing.assert_array_equal(quad, singles)
-    np.testing.assert_allclose(singles, a.astype(np.float64) @ b.astype(np.float64), **TOL[dtype])
+    np.testing.assert_allclose(singles, np.einsum("ij,ij->i", a.astype(np.float64), b.astype(np.float64)), **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("output_width", [1, 7, 64, 100, 768])
-def test_path_output_sums_in_path_order(output_width, dtype):
+@pytest.mark.parametrize("stream", [False, True])
+def test_path_output_sums_in_path_order(output_width, dtype, stream):
+    """Both forms (stores through the cache, non-temporal stores into an aligned row) give the same bits."""
     rng = np.random.default_rng(output_width)
     trees, n_nodes, levels = 2, 7, 3
     w_out = rng.normal(size=(trees, n_nodes, output_width)).astype(dtype)
     nodes = np.array([[0, 2, 5], [0, 1, 4]], dtype=np.int64)
     acts = rng.normal(size=(trees, levels)).astype(dtype)
-    y = np.empty(output_width, dtype)
-    _call_path_output(y, w_out, nodes, acts)
+    y = _aligned_empty((output_width,), dtype)
+    assert y.ctypes.data % 64 == 0
+    (_call_path_output_stream if stream else _call_path_output)(y, w_out, nodes, acts)
     expected = np.zeros(output_width, dtype)
     for t in range(trees):
         for level in range(levels):  # the same order and rounding as the kernel: y = y + a u, from 0
             expected = expected + acts[t, level] * w_out[t, nodes[t, level]]
     np.testing.assert_array_equal(y, expected)
+
+
+@pytest.mark.parametrize("n", [1, 40, HUGE])
+def test_predict_into_out(n):
+    """predict(x, out=y) writes the same bits into y and returns it, for every kernel's batch size."""
+    model, rng = random_model(4, "float32", seed=22, trees=2)
+    x = rng.normal(size=(n, model.input_width)).astype(np.float32)
+    out = np.full((n, model.output_width), np.nan, np.float32)
+    assert model.predict(x, out=out) is out
+    np.testing.assert_array_equal(out, model.predict(x))
+    assert model.predict(x.astype(np.float64), out=out) is out  # converted input, same output array
+
+
+def test_predict_refuses_bad_out():
+    model, rng = random_model(3, "float32", seed=23)
+    x = rng.normal(size=(6, model.input_width)).astype(np.float32)
+    good = np.empty((6, model.output_width), np.float32)
+    bad = {"shape (6, 1)": np.empty((6, 1), np.float32),
+           "dtype float64": np.empty((6, model.output_width)),
+           "not C-contiguous": np.empty((model.output_width, 6), np.float32).T,
+           "read-only": np.lib.stride_tricks.as_strided(good, writeable=False)}
+    for what, out in bad.items():
+        with pytest.raises(ValueError, match=re.escape(what)):
+            model.predict(x, out=out)
+    with pytest.raises(TypeError, match="expected a NumPy array"):
+        model.predict(x, out=good.tolist())
+    square = UltraFFF(5, 5, 2, seed=0)
+    xs = rng.normal(size=(4, 5)).astype(np.float32)
+    with pytest.raises(ValueError, match="overlaps x"):
+        square.predict(xs, out=xs)
+
+
+def test_streamed_output_is_bitwise_the_same(monkeypatch):
+    """The grouped kernel's non-temporal stores (large aligned outputs) write the same bits as plain stores, and
+    they are used only for 64-byte-aligned rows."""
+    rng = np.random.default_rng(24)
+    model = UltraFFF(40, 80, 5, trees=2, seed=24)  # rows of 80 floats: one 64-float block, then 16 scalars
+    x = rng.normal(size=(HUGE, 40)).astype(np.float32)
+    plain = model.predict(x)
+    assert not kernels.streams(plain)  # far below STREAM_MIN_BYTES
+    monkeypatch.setattr(kernels, "STREAM_MIN_BYTES", 0)
+    y = model.predict(x)
+    assert kernels.streams(y)
+    np.testing.assert_array_equal(y, plain)
+    shifted = np.empty(HUGE * 80 + 1, np.float32)[1:].reshape(HUGE, 80)  # rows off the 64-byte grid
+    assert not kernels.streams(shifted)
+    np.testing.assert_array_equal(model.predict(x, out=shifted), plain)
 
 
 def test_predict_fast_path_equals_checked_path():

@@ -36,7 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["ACTIVATION_CODES", "forward", "predict", "route", "backward", "split_level", "predict_kernel"]
+__all__ = ["ACTIVATION_CODES", "forward", "predict", "route", "backward", "split_level", "predict_kernel", "streams"]
 
 #: Activation name -> integer code understood by the kernels.
 ACTIVATION_CODES = {"gelu": 0, "relu": 1, "tanh": 2, "sigmoid": 3, "identity": 4}
@@ -51,9 +51,13 @@ SUBTREE_CACHE_BYTES = 512 * 1024
 #: Batches from this size on run the grouped forward (``_forward_grouped``) rather than the per-input kernel.
 GROUPED_MIN_BATCH = 256
 
-#: Inputs the grouped kernel walks together, level by level (their input rows stay in L2 between levels):
-#: a subtree's inputs are cut into segments of at most this many, and each segment is one task of the ``prange``.
+#: The grouped kernel cuts the inputs (and each subtree's inputs) into segments of at most this many, one task of
+#: the ``prange`` each.
 SEGMENT = 256
+
+#: Outputs of at least this many bytes are written with non-temporal stores by the grouped kernel (when 64-byte
+#: aligned): far larger than the L3 cache, they would only evict the weight rows and cost a read per line.
+STREAM_MIN_BYTES = 16 << 20
 
 #: Bytes of one vector register (AVX-512) and the number of independent vector accumulators of a dot product.
 VECTOR_BYTES = 64
@@ -81,9 +85,10 @@ def _load_vector(builder, ptr, offset, vty, align):
     return builder.load(builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer()), align=align)
 
 
-def _ir_dots(builder, a_ptrs, b_ptr, n, dtype):
-    """IR of ``[a · b for a in a_ptrs]`` (vectors of length n): each row of b is loaded once for all of them,
-    and each dot product has the same instructions, in the same order, as when it is computed alone."""
+def _ir_dots(builder, a_ptrs, b_ptrs, n, dtype):
+    """IR of ``[a · b for a, b in zip(a_ptrs, b_ptrs)]`` (vectors of length n), computed in one loop so that the
+    independent chains overlap. Each dot product has the same instructions, in the same order, as when it is
+    computed alone."""
     element, width = _vector_type(dtype)
     vty = ir.VectorType(element, width)
     align = dtype.bitwidth // 8
@@ -96,17 +101,17 @@ def _ir_dots(builder, a_ptrs, b_ptr, n, dtype):
         base = builder.mul(loop.index, intp(chunk))
         for i in range(DOT_ACCUMULATORS):
             offset = builder.add(base, intp(i * width))
-            vb = _load_vector(builder, b_ptr, offset, vty, align)
-            for acc, a_ptr in zip(accs, a_ptrs):
+            for acc, a_ptr, b_ptr in zip(accs, a_ptrs, b_ptrs):
                 va = _load_vector(builder, a_ptr, offset, vty, align)
+                vb = _load_vector(builder, b_ptr, offset, vty, align)
                 builder.store(builder.fadd(builder.load(acc[i]), builder.fmul(va, vb)), acc[i])
     tails = [cgutils.alloca_once_value(builder, ir.Constant(element, 0.0)) for _ in a_ptrs]
     start = builder.mul(n_chunks, intp(chunk))
     with cgutils.for_range(builder, builder.sub(n, start)) as loop:
         i = builder.add(start, loop.index)
-        vb = builder.load(builder.gep(b_ptr, [i]))
-        for tail, a_ptr in zip(tails, a_ptrs):
+        for tail, a_ptr, b_ptr in zip(tails, a_ptrs, b_ptrs):
             va = builder.load(builder.gep(a_ptr, [i]))
+            vb = builder.load(builder.gep(b_ptr, [i]))
             builder.store(builder.fadd(builder.load(tail), builder.fmul(va, vb)), tail)
     results = []
     for acc, tail in zip(accs, tails):
@@ -134,97 +139,125 @@ def _dot(typingctx, a, b):
         arr_a = context.make_array(sig.args[0])(context, builder, args[0])
         arr_b = context.make_array(sig.args[1])(context, builder, args[1])
         n = builder.extract_value(arr_a.shape, 0)
-        return _ir_dots(builder, [arr_a.data], arr_b.data, n, sig.args[0].dtype)[0]
+        return _ir_dots(builder, [arr_a.data], [arr_b.data], n, sig.args[0].dtype)[0]
 
     return a.dtype(a, b), codegen
 
 
 @intrinsic
-def _dot4(typingctx, a0, a1, a2, a3, b):
-    """``(a0 · b, a1 · b, a2 · b, a3 · b)``, each bitwise equal to ``_dot(ai, b)``; b is read once."""
-    arrays = (a0, a1, a2, a3, b)
-    if not all(_is_float_array(a, 1) and a.dtype == b.dtype for a in arrays):
+def _dot4(typingctx, a0, b0, a1, b1, a2, b2, a3, b3):
+    """``(a0 · b0, a1 · b1, a2 · b2, a3 · b3)``, each bitwise equal to ``_dot(ai, bi)``: four independent dot
+    products in one loop, so that their dependency chains (and the loads of four rows) overlap."""
+    arrays = (a0, b0, a1, b1, a2, b2, a3, b3)
+    if not all(_is_float_array(a, 1) and a.dtype == a0.dtype for a in arrays):
         return None
 
     def codegen(context, builder, sig, args):
         arrs = [context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args)]
-        n = builder.extract_value(arrs[4].shape, 0)
-        dots = _ir_dots(builder, [a.data for a in arrs[:4]], arrs[4].data, n, sig.args[4].dtype)
+        n = builder.extract_value(arrs[0].shape, 0)
+        dots = _ir_dots(builder, [a.data for a in arrs[0::2]], [b.data for b in arrs[1::2]], n, sig.args[0].dtype)
         return context.make_tuple(builder, sig.return_type, dots)
 
-    return types.UniTuple(b.dtype, 4)(a0, a1, a2, a3, b), codegen
+    return types.UniTuple(a0.dtype, 4)(*arrays), codegen
+
+
+def _make_path_output(stream):
+    """The intrinsic ``path_output(yb, w_out, nodes_b, acts_b)``; with ``stream`` its vector stores of ``yb`` are
+    non-temporal (straight to memory, no read of the line first) and assume ``yb`` 64-byte aligned."""
+
+    @intrinsic
+    def path_output(typingctx, yb, w_out, nodes_b, acts_b):
+        """``yb[o] = Σ_trees Σ_levels acts_b[t, l] w_out[t, nodes_b[t, l], o]`` summed in that order from 0.
+
+        ``yb`` (out,), ``w_out`` (trees, N, out), ``nodes_b`` (trees, levels) int64, ``acts_b`` (trees, levels); all
+        C-contiguous. Each block of 4 vectors of ``yb`` stays in registers over the whole path and is stored once."""
+        if not (_is_float_array(yb, 1) and _is_float_array(w_out, 3) and _is_float_array(acts_b, 2)
+                and isinstance(nodes_b, types.Array) and nodes_b.ndim == 2 and nodes_b.layout == "C"
+                and nodes_b.dtype == types.int64 and yb.dtype == w_out.dtype == acts_b.dtype):
+            return None
+
+        def codegen(context, builder, sig, args):
+            y, w, nodes, acts = (context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args))
+            dtype = sig.args[0].dtype
+            element, width = _vector_type(dtype)
+            vty = ir.VectorType(element, width)
+            align = dtype.bitwidth // 8
+            n_out = builder.extract_value(y.shape, 0)
+            intp = n_out.type
+            n_nodes = builder.extract_value(w.shape, 1)
+            trees = builder.extract_value(nodes.shape, 0)
+            levels = builder.extract_value(nodes.shape, 1)
+            chunk = width * DOT_ACCUMULATORS
+            n_chunks = builder.sdiv(n_out, intp(chunk))
+            zero = ir.Constant(vty, [0.0] * width)
+            mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+
+            def path(body):
+                """Call ``body(a, row_start)`` for every (tree, level) of the path, trees then levels."""
+                with cgutils.for_range(builder, trees) as tree:
+                    with cgutils.for_range(builder, levels) as level:
+                        k = builder.add(builder.mul(tree.index, levels), level.index)
+                        node = builder.load(builder.gep(nodes.data, [k]))
+                        a = builder.load(builder.gep(acts.data, [k]))
+                        row = builder.mul(builder.add(builder.mul(tree.index, n_nodes), node), n_out)
+                        body(a, row)
+
+            accs = [cgutils.alloca_once(builder, vty) for _ in range(DOT_ACCUMULATORS)]
+            with cgutils.for_range(builder, n_chunks) as loop:
+                base = builder.mul(loop.index, intp(chunk))
+                for acc in accs:
+                    builder.store(zero, acc)
+
+                def add_row(a, row):
+                    undefined = ir.Constant(vty, ir.Undefined)
+                    av = builder.shuffle_vector(builder.insert_element(undefined, a, ir.IntType(32)(0)), undefined,
+                                                mask)
+                    start = builder.add(row, base)
+                    for i, acc in enumerate(accs):
+                        u = _load_vector(builder, w.data, builder.add(start, intp(i * width)), vty, align)
+                        builder.store(builder.fadd(builder.load(acc), builder.fmul(av, u)), acc)
+
+                path(add_row)
+                for i, acc in enumerate(accs):
+                    ptr = builder.bitcast(builder.gep(y.data, [builder.add(base, intp(i * width))]), vty.as_pointer())
+                    store = builder.store(builder.load(acc), ptr, align=VECTOR_BYTES if stream else align)
+                    if stream:
+                        store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+            total = cgutils.alloca_once(builder, element)
+            start = builder.mul(n_chunks, intp(chunk))
+            with cgutils.for_range(builder, builder.sub(n_out, start)) as loop:
+                o = builder.add(start, loop.index)
+                builder.store(ir.Constant(element, 0.0), total)
+
+                def add_element(a, row):
+                    u = builder.load(builder.gep(w.data, [builder.add(row, o)]))
+                    builder.store(builder.fadd(builder.load(total), builder.fmul(a, u)), total)
+
+                path(add_element)
+                builder.store(builder.load(total), builder.gep(y.data, [o]))
+            return context.get_dummy_value()
+
+        return types.none(yb, w_out, nodes_b, acts_b), codegen
+
+    return path_output
+
+
+_path_output = _make_path_output(stream=False)
+#: ``_path_output`` with non-temporal stores: for outputs far larger than the caches (``_forward_grouped`` with
+#: ``stream``), a row aligned to 64 bytes, followed by ``_store_fence()`` before other threads read the output.
+_path_output_stream = _make_path_output(stream=True)
 
 
 @intrinsic
-def _path_output(typingctx, yb, w_out, nodes_b, acts_b):
-    """``yb[o] = Σ_trees Σ_levels acts_b[t, l] w_out[t, nodes_b[t, l], o]`` summed in that order from 0.
-
-    ``yb`` (out,), ``w_out`` (trees, N, out), ``nodes_b`` (trees, levels) int64, ``acts_b`` (trees, levels); all
-    C-contiguous. Each block of 4 vectors of ``yb`` stays in registers over the whole path and is stored once."""
-    if not (_is_float_array(yb, 1) and _is_float_array(w_out, 3) and _is_float_array(acts_b, 2)
-            and isinstance(nodes_b, types.Array) and nodes_b.ndim == 2 and nodes_b.layout == "C"
-            and nodes_b.dtype == types.int64 and yb.dtype == w_out.dtype == acts_b.dtype):
-        return None
+def _store_fence(typingctx):
+    """``sfence``: the non-temporal stores issued before it are globally visible before any later store."""
 
     def codegen(context, builder, sig, args):
-        y, w, nodes, acts = (context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args))
-        dtype = sig.args[0].dtype
-        element, width = _vector_type(dtype)
-        vty = ir.VectorType(element, width)
-        align = dtype.bitwidth // 8
-        n_out = builder.extract_value(y.shape, 0)
-        intp = n_out.type
-        n_nodes = builder.extract_value(w.shape, 1)
-        trees = builder.extract_value(nodes.shape, 0)
-        levels = builder.extract_value(nodes.shape, 1)
-        chunk = width * DOT_ACCUMULATORS
-        n_chunks = builder.sdiv(n_out, intp(chunk))
-        zero = ir.Constant(vty, [0.0] * width)
-        mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
-
-        def path(body):
-            """Call ``body(a, row_start)`` for every (tree, level) of the path, trees then levels."""
-            with cgutils.for_range(builder, trees) as tree:
-                with cgutils.for_range(builder, levels) as level:
-                    k = builder.add(builder.mul(tree.index, levels), level.index)
-                    node = builder.load(builder.gep(nodes.data, [k]))
-                    a = builder.load(builder.gep(acts.data, [k]))
-                    row = builder.mul(builder.add(builder.mul(tree.index, n_nodes), node), n_out)
-                    body(a, row)
-
-        accs = [cgutils.alloca_once(builder, vty) for _ in range(DOT_ACCUMULATORS)]
-        with cgutils.for_range(builder, n_chunks) as loop:
-            base = builder.mul(loop.index, intp(chunk))
-            for acc in accs:
-                builder.store(zero, acc)
-
-            def add_row(a, row):
-                av = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), a,
-                                                                  ir.IntType(32)(0)), ir.Constant(vty, ir.Undefined), mask)
-                start = builder.add(row, base)
-                for i, acc in enumerate(accs):
-                    u = _load_vector(builder, w.data, builder.add(start, intp(i * width)), vty, align)
-                    builder.store(builder.fadd(builder.load(acc), builder.fmul(av, u)), acc)
-
-            path(add_row)
-            for i, acc in enumerate(accs):
-                ptr = builder.bitcast(builder.gep(y.data, [builder.add(base, intp(i * width))]), vty.as_pointer())
-                builder.store(builder.load(acc), ptr, align=align)
-        total = cgutils.alloca_once(builder, element)
-        start = builder.mul(n_chunks, intp(chunk))
-        with cgutils.for_range(builder, builder.sub(n_out, start)) as loop:
-            o = builder.add(start, loop.index)
-            builder.store(ir.Constant(element, 0.0), total)
-
-            def add_element(a, row):
-                u = builder.load(builder.gep(w.data, [builder.add(row, o)]))
-                builder.store(builder.fadd(builder.load(total), builder.fmul(a, u)), total)
-
-            path(add_element)
-            builder.store(builder.load(total), builder.gep(y.data, [o]))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse.sfence")
+        builder.call(fn, [])
         return context.get_dummy_value()
 
-    return types.none(yb, w_out, nodes_b, acts_b), codegen
+    return types.none(), codegen
 
 
 # --- scalar helpers -------------------------------------------------------------------------------------------
@@ -266,12 +299,15 @@ def _activation_grad(z, code):
 
 
 @njit(cache=True)
-def _visit(b, t, level, node, z, code, nodes, logits, acts):
-    """Record the logit ``z`` of input ``b`` at ``node`` (tree ``t``, ``level``) and its next node, if any."""
-    logits[b, t, level] = z
-    acts[b, t, level] = _activation(z, code)  # stored in the array dtype: float32 models stay in float32
-    if level + 1 < nodes.shape[2]:
-        nodes[b, t, level + 1] = 2 * node + 1 + (1 if z > 0 else 0)
+def _visit(t, level, node, z, code, nodes_b, logits_b, acts_b):
+    """Record the logit ``z`` of one input at ``node`` (tree ``t``, ``level``) and return its next node, which is
+    also recorded in ``nodes_b`` unless ``level`` is the last."""
+    logits_b[t, level] = z
+    acts_b[t, level] = _activation(z, code)  # stored in the array dtype: float32 models stay in float32
+    child = 2 * node + 1 + (1 if z > 0 else 0)
+    if level + 1 < nodes_b.shape[1]:
+        nodes_b[t, level + 1] = child
+    return child
 
 
 @njit(cache=True)
@@ -287,17 +323,48 @@ def _levels(n_nodes):
 
 
 @njit(cache=True)
+def _walk_levels(xb, w_in, b_in, code, t, level0, level1, nodes_b, logits_b, acts_b):
+    """Walk tree ``t`` for one input from ``level0`` (its node there is ``nodes_b[t, level0]``) to ``level1``
+    (exclusive), recording nodes, logits and activations in its path arrays (trees, levels)."""
+    node = nodes_b[t, level0]
+    for level in range(level0, level1):
+        node = _visit(t, level, node, _dot(xb, w_in[t, node]) + b_in[t, node], code, nodes_b, logits_b, acts_b)
+
+
+@njit(cache=True)
 def _walk_one(xb, w_in, b_in, code, nodes_b, logits_b, acts_b):
     """Walk every tree for one input: its path ``nodes_b`` (trees, levels), logits and activations."""
     trees, levels = nodes_b.shape
     for t in range(trees):
-        node = 0
-        for level in range(levels):
-            z = _dot(xb, w_in[t, node]) + b_in[t, node]
-            nodes_b[t, level] = node
-            logits_b[t, level] = z
-            acts_b[t, level] = _activation(z, code)
-            node = 2 * node + 1 + (1 if z > 0 else 0)
+        nodes_b[t, 0] = 0
+        _walk_levels(xb, w_in, b_in, code, t, 0, levels, nodes_b, logits_b, acts_b)
+
+
+@njit(cache=True)
+def _walk_four(x, w_in, b_in, code, t, b0, b1, b2, b3, level0, level1, nodes, logits, acts):
+    """``_walk_levels`` for inputs ``b0``..``b3`` at once (``_dot4``: four independent dot products per step,
+    each at its input's own node); each input's arithmetic is that of ``_walk_levels``."""
+    n0, n1, n2, n3 = nodes[b0, t, level0], nodes[b1, t, level0], nodes[b2, t, level0], nodes[b3, t, level0]
+    for level in range(level0, level1):
+        z0, z1, z2, z3 = _dot4(x[b0], w_in[t, n0], x[b1], w_in[t, n1], x[b2], w_in[t, n2], x[b3], w_in[t, n3])
+        n0 = _visit(t, level, n0, z0 + b_in[t, n0], code, nodes[b0], logits[b0], acts[b0])
+        n1 = _visit(t, level, n1, z1 + b_in[t, n1], code, nodes[b1], logits[b1], acts[b1])
+        n2 = _visit(t, level, n2, z2 + b_in[t, n2], code, nodes[b2], logits[b2], acts[b2])
+        n3 = _visit(t, level, n3, z3 + b_in[t, n3], code, nodes[b3], logits[b3], acts[b3])
+
+
+@njit(cache=True)
+def _walk_inputs(x, w_in, b_in, code, t, ids, level0, level1, nodes, logits, acts):
+    """Walk tree ``t`` from ``level0`` to ``level1`` for the inputs ``ids``, four at a time."""
+    m = ids.shape[0]
+    k = 0
+    while k + 4 <= m:
+        _walk_four(x, w_in, b_in, code, t, ids[k], ids[k + 1], ids[k + 2], ids[k + 3], level0, level1,
+                   nodes, logits, acts)
+        k += 4
+    for k in range(k, m):
+        b = ids[k]
+        _walk_levels(x[b], w_in, b_in, code, t, level0, level1, nodes[b], logits[b], acts[b])
 
 
 @njit(cache=True)
@@ -369,63 +436,19 @@ def _route_parallel(x, w_in, b_in, depth, leaves):
 # --- grouped by subtree: several inputs share each weight row ---------------------------------------------------
 
 
-@njit(cache=True)
-def _walk_segment(x, w_in, b_in, code, t, seg, level0, level1, nodes, logits, acts, tmp):
-    """Walk the inputs ``seg`` of tree ``t`` from ``level0`` to ``level1`` (exclusive), level by level.
-
-    ``seg`` (m,) holds input ids sorted by their node at ``level0`` (``nodes[b, t, level0]`` is set); at each
-    level the inputs at one node (a run of ``seg``) are taken four at a time, so one load of the node's row serves
-    four dot products (``_dot4``), and the run is then split stably into its left and right children, so ``seg``
-    stays sorted by node. ``tmp`` (m,) is scratch. Each input's arithmetic is that of ``_walk_one``."""
-    m = seg.shape[0]
-    for level in range(level0, level1):
-        i = 0
-        while i < m:
-            node = nodes[seg[i], t, level]
-            j = i + 1
-            while j < m and nodes[seg[j], t, level] == node:
-                j += 1
-            w = w_in[t, node]
-            bias = b_in[t, node]
-            k = i
-            while k + 4 <= j:
-                b0, b1, b2, b3 = seg[k], seg[k + 1], seg[k + 2], seg[k + 3]
-                z0, z1, z2, z3 = _dot4(x[b0], x[b1], x[b2], x[b3], w)
-                _visit(b0, t, level, node, z0 + bias, code, nodes, logits, acts)
-                _visit(b1, t, level, node, z1 + bias, code, nodes, logits, acts)
-                _visit(b2, t, level, node, z2 + bias, code, nodes, logits, acts)
-                _visit(b3, t, level, node, z3 + bias, code, nodes, logits, acts)
-                k += 4
-            while k < j:
-                _visit(seg[k], t, level, node, _dot(x[seg[k]], w) + bias, code, nodes, logits, acts)
-                k += 1
-            if level + 1 < level1:  # stable split of the run: left children first
-                left = 2 * node + 1
-                p = i
-                for k in range(i, j):
-                    if nodes[seg[k], t, level + 1] == left:
-                        tmp[p] = seg[k]
-                        p += 1
-                for k in range(i, j):
-                    if nodes[seg[k], t, level + 1] != left:
-                        tmp[p] = seg[k]
-                        p += 1
-                for k in range(i, j):
-                    seg[k] = tmp[k]
-            i = j
-
-
 @njit(cache=True, parallel=True)
-def _forward_grouped(x, w_in, b_in, w_out, code, split, nodes, logits, acts, y, order):
-    """Training forward / inference for large batches: inputs whose paths coincide share the weight rows.
+def _forward_grouped(x, w_in, b_in, w_out, code, split, stream, nodes, logits, acts, y, order):
+    """Training forward / inference for large batches, with the inputs ordered so that shared weight rows stay
+    in cache.
 
-    Per tree: (1) segments of ``SEGMENT`` consecutive inputs walk the top ``split`` levels together
-    (``_walk_segment``: 2**split - 1 rows, hot in L2 for all inputs); (2) the inputs are counting-sorted by the
-    subtree root they reached at level ``split``; (3) the inputs of each subtree, cut into segments of at most
-    ``SEGMENT``, walk the subtree together (its 2**(depth - split + 1) - 1 rows are sized to stay in L2, and inside
-    a segment each row load serves up to four inputs). After the last tree, each input's output row is summed in
-    registers over its whole path (``_path_output``) and written once, by the thread that owns its segment.
-    ``order`` (n,) receives the last tree's order (inputs sorted by leaf within each segment).
+    Per tree: (1) segments of ``SEGMENT`` consecutive inputs walk the top ``split`` levels (2**split - 1 rows, hot
+    in L2 for all inputs); (2) the inputs are counting-sorted by the subtree root they reached at level
+    ``split``; (3) the inputs of each subtree, cut into segments of at most ``SEGMENT`` (one ``prange`` task each),
+    walk the subtree, whose 2**(depth - split + 1) - 1 rows are sized to stay in L2. Inputs are walked four at a
+    time (``_walk_inputs``). After the last tree, each input's output row is summed in registers over its whole
+    path and written once by the thread that owns its segment; with ``stream`` (a 64-byte-aligned output far
+    larger than the caches) the rows are written with non-temporal stores. ``order`` (n,) receives the last
+    tree's order (inputs sorted by subtree), which ``backward`` follows.
     """
     n, trees, levels = nodes.shape
     n_sub = 1 << split
@@ -436,12 +459,9 @@ def _forward_grouped(x, w_in, b_in, w_out, code, split, nodes, logits, acts, y, 
             order[b] = b
             nodes[b, t, 0] = 0
         if split > 0:
-            n_seg = (n + segment - 1) // segment
-            for s in prange(n_seg):
-                lo = s * segment
-                hi = min(n, lo + segment)
-                _walk_segment(x, w_in, b_in, code, t, order[lo:hi], 0, split, nodes, logits, acts,
-                              np.empty(hi - lo, dtype=np.int64))
+            for s in prange((n + segment - 1) // segment):
+                _walk_inputs(x, w_in, b_in, code, t, order[s * segment:min(n, (s + 1) * segment)], 0, split,
+                             nodes, logits, acts)
         counts = np.zeros(n_sub + 1, dtype=np.int64)
         for b in range(n):
             counts[nodes[b, t, split] - first + 1] += 1
@@ -467,14 +487,17 @@ def _forward_grouped(x, w_in, b_in, w_out, code, split, nodes, logits, acts, y, 
             fill[k] += 1
         last = t == trees - 1
         for s in prange(n_seg):
-            lo, hi = bounds[s], bounds[s + 1]
-            seg = order[lo:hi]
-            _walk_segment(x, w_in, b_in, code, t, seg, split, levels, nodes, logits, acts,
-                          np.empty(hi - lo, dtype=np.int64))
+            seg = order[bounds[s]:bounds[s + 1]]
+            _walk_inputs(x, w_in, b_in, code, t, seg, split, levels, nodes, logits, acts)
             if last:
-                for k in range(hi - lo):
+                for k in range(seg.shape[0]):
                     b = seg[k]
-                    _path_output(y[b], w_out, nodes[b], acts[b])
+                    if stream:
+                        _path_output_stream(y[b], w_out, nodes[b], acts[b])
+                    else:
+                        _path_output(y[b], w_out, nodes[b], acts[b])
+                if stream:
+                    _store_fence()
 
 
 # --- backward -----------------------------------------------------------------------------------------------------
@@ -602,11 +625,18 @@ def forward(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
         order = np.empty(n, dtype=np.int64)
         depth = nodes.shape[2] - 1
         split = split_level(depth, (w_in.shape[2] + w_out.shape[2] + 1) * w_in.itemsize)
-        _forward_grouped(x, w_in, b_in, w_out, code, split, nodes, logits, acts, y, order)
+        _forward_grouped(x, w_in, b_in, w_out, code, split, streams(y), nodes, logits, acts, y, order)
         return order
     kernel = _forward_parallel if n >= PARALLEL_MIN_BATCH else _forward_serial
     kernel(x, w_in, b_in, w_out, code, nodes, logits, acts, y)
     return np.arange(n, dtype=np.int64)
+
+
+def streams(y):
+    """Whether the grouped kernel writes ``y`` with non-temporal stores: at least ``STREAM_MIN_BYTES``, rows that
+    start on 64-byte boundaries (aligned data, whole vectors per row)."""
+    return bool(y.nbytes >= STREAM_MIN_BYTES and y.ctypes.data % VECTOR_BYTES == 0
+                and y.strides[0] % VECTOR_BYTES == 0)
 
 
 def predict_kernel(n):

@@ -35,7 +35,7 @@ import numpy as np
 from .._validation import check_fits_in_memory, check_positive_int, format_bytes, is_valid_input
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
-from .base import Model
+from .base import Model, _aligned_empty
 
 __all__ = ["UltraFFF", "masked_forward", "masked_backward", "path_mask"]
 
@@ -227,7 +227,7 @@ class UltraFFF(Model):
         _kernels.route(x, w_in, b_in, self.depth, leaves)
         return leaves
 
-    def predict(self, x) -> np.ndarray:
+    def predict(self, x, *, out=None) -> np.ndarray:
         """Hard inference, path only: ``y = Σ_trees Σ_path act(z_n) u_n``; keeps no cache.
 
         NaN in ``x`` is not checked: a NaN logit goes left and the output is NaN.
@@ -235,23 +235,47 @@ class UltraFFF(Model):
         Parameters
         ----------
         x : array-like, shape (n, input_width)
+        out : ndarray, optional
+            Where to write the result: a writeable C-contiguous array of shape (n, output_width) and the model's
+            dtype that does not overlap ``x``. For large batches this saves allocating (and the system zeroing)
+            an output as large as the input at every call, as ``np.matmul(..., out=)`` does for a dense layer.
 
         Returns
         -------
-        ndarray, shape (n, output_width), the model's dtype
+        ndarray, shape (n, output_width), the model's dtype: ``out`` when given
         """
         if is_valid_input(x, self.input_width, self.dtype):  # no checks, no copy (the batch-1 path)
             kernel = _kernels.predict_kernel(x.shape[0])
             if kernel is not None:
+                y = self._output(x, out)
                 p = self.params
-                y = np.empty((x.shape[0], self.output_width), dtype=self.dtype)
                 kernel(x, p["w_in"], p["b_in"], p["w_out"], self._act_code, y)
                 return y
         else:
             x = np.ascontiguousarray(self._check_x(x))
-        y = np.empty((len(x), self.output_width), dtype=self.dtype)
+        y = self._output(x, out)
         _kernels.predict(x, *self._weights(), self._act_code, self.depth, y)
         return y
+
+    def _output(self, x, out):
+        """``out`` checked against ``x``, or a new output array (64-byte aligned: whole vectors per row)."""
+        shape = (x.shape[0], self.output_width)
+        if out is None:
+            return _aligned_empty(shape, self.dtype) if x.shape[0] >= _kernels.GROUPED_MIN_BATCH else \
+                np.empty(shape, dtype=self.dtype)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out: expected a NumPy array of shape {shape} and dtype {self.dtype}, "
+                            f"got {type(out).__name__}")
+        problems = [f"shape {out.shape} (expected {shape})" if out.shape != shape else "",
+                    f"dtype {out.dtype} (expected {self.dtype})" if out.dtype != self.dtype else "",
+                    "not C-contiguous" if not out.flags.c_contiguous else "",
+                    "read-only" if not out.flags.writeable else "",
+                    "overlaps x" if np.may_share_memory(out, x) else ""]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ValueError(f"out: {', '.join(problems)}; expected a writeable C-contiguous array of shape "
+                             f"{shape} and dtype {self.dtype} that does not overlap x")
+        return out
 
     def predict_soft(self, x) -> np.ndarray:
         """The same as ``predict``: UltraFFF trains hard, it has no soft mixture."""
