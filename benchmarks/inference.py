@@ -29,7 +29,7 @@ import fffcpu
 from fffcpu import FFF, engine
 
 from .common import (SETTLE_S, THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians,
-                     peak_memory, read_bandwidth, table)
+                     median_time, peak_memory, read_bandwidth, table)
 
 INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
 WIDTHS, DEPTHS, BATCHES = (128, 1024, 8192, 65536), (3, 6, 9, 12), (1, 256, 4096)
@@ -210,6 +210,7 @@ def breakdown(model, pool, threads, budget):
         }, budget=budget, max_repeats={"call": 4000, "kernel": 4000})
         return {"call": timed["call"][0], "kernel": timed["kernel"][0]}
     leaves = [model.route(x, n_jobs=threads) for x in pool]
+    dot_s, leaf_s = in_cache_costs(model, pool[0])
     timed = interleaved_medians({
         "call": lambda k: model.predict(pool[k % P], n_jobs=threads),
         "route": lambda k: engine.route(pool[k % P], p["node_weights"], p["node_biases"], d, n_jobs=threads),
@@ -217,7 +218,39 @@ def breakdown(model, pool, threads, budget):
     }, budget=budget, max_repeats={"call": 100, "route": 100, "leaves": 100})
     distinct = np.mean([len(np.unique(lv)) for lv in leaves])
     return {"call": timed["call"][0], "route": timed["route"][0], "leaves": timed["leaves"][0],
-            "leaf_bytes": distinct * leaf_nbytes(model.leaf_width), "dots": len(pool[0]) * d}
+            "leaf_bytes": distinct * leaf_nbytes(model.leaf_width), "dots": len(pool[0]) * d,
+            "dot_in_cache": dot_s, "leaf_in_cache": leaf_s}
+
+
+def in_cache_costs(model, x, repeats=200):
+    """Single-thread cost of the engine's two building blocks with everything in cache: seconds per node dot
+    product (``_route_serial`` on 64 samples, 200 KB of inputs, over and over) and per sample of a leaf evaluated
+    in full tiles (the 64 samples all sent to leaf 0, ``_eval_tiles_serial``). Fastest of 20 timings."""
+    from fffcpu.kernels import fff as kernels
+
+    p, d = model.params, model.depth
+    x = np.ascontiguousarray(x[:64])
+    n = len(x)
+    leaves = np.empty(n, np.int64)
+    same = np.zeros(n, np.int64)
+    order = kernels._leaf_order(same, 2**d)
+    starts, tile_leaf = kernels._make_tiles(same, order, kernels.TILE)
+    out = np.empty((n, OUTPUT_WIDTH), x.dtype)
+    act = kernels.ACTIVATION_CODES[model.activation]
+
+    def route(_):
+        for _ in range(repeats):
+            kernels._route_serial(x, p["node_weights"], p["node_biases"], d, leaves)
+
+    def leaf(_):
+        for _ in range(repeats):
+            kernels._eval_tiles_serial(x, order, starts, tile_leaf, p["w1s"], p["b1s"], p["w2s"], p["b2s"], act, out)
+
+    best = {}
+    for name, fn in (("route", route), ("leaf", leaf)):
+        fn(0)
+        best[name] = min(median_time(fn, min_repeats=1, max_repeats=1, warmup=0)[0] for _ in range(20))
+    return best["route"] / (repeats * n * d), best["leaf"] / (repeats * n)
 
 
 def leaf_nbytes(leaf):
@@ -245,6 +278,24 @@ def breakdown_table(rows, bandwidth):
                         f"{bw / 1e9:.1f} GB/s ({bw / bandwidth:.0%} of the measured {bandwidth / 1e9:.1f} GB/s)"])
     return table(["width", "depth", "ℓ", "batch", "fffcpu call", "parts (timed separately)", "leaf weights streamed"],
                  out)
+
+
+def ceiling_table(rows, threads):
+    """The arithmetic ceiling at the large-batch target points: every sample's node dot products and its leaf at
+    their in-cache single-thread cost (``in_cache_costs``), split perfectly over the threads, no memory traffic."""
+    out = []
+    for r in rows:
+        q = r.get("parts")
+        if not q or "dot_in_cache" not in q:
+            continue
+        per_sample = r["depth"] * q["dot_in_cache"] + q["leaf_in_cache"]
+        t_min = r["batch"] * per_sample / threads
+        out.append([r["width"], r["depth"], r["leaf"], r["batch"], f"{q['dot_in_cache'] * 1e9:.1f} ns",
+                    f"{q['leaf_in_cache'] * 1e9:.0f} ns", f"{t_min * 1e3:.2f} ms", f"{r['t_fff'] * 1e3:.2f} ms",
+                    fmt_x(r["t_dense"] / t_min), fmt_x(r["speedup"])])
+    return table(["width", "depth", "ℓ", "batch", "node dot product of 784, in cache", "leaf of one sample, in cache "
+                  "(tiles of 8)", f"ceiling time ({threads} threads)", "measured fffcpu time",
+                  "speedup ceiling vs dense", "measured speedup"], out)
 
 
 def evaluate_targets(rows, use_torch):
@@ -371,6 +422,13 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
     if any(r.get("parts") for r in rows):
         md += ["", "Where the time goes at the dense-NumPy target points (each part timed on its own, in turns with "
                "the whole call, on the same inputs):", "", breakdown_table(rows, bandwidth)]
+    if any(r.get("parts") and "dot_in_cache" in r["parts"] for r in rows):
+        md += ["", "Arithmetic ceiling at the large-batch target points: the engine's two building blocks timed "
+               "with their data in cache on one thread (a node dot product; a leaf evaluated for full tiles of "
+               "8 samples), times the work of the batch, divided by the threads. No kernel built from these blocks "
+               "can be faster than this time, whatever it does about memory; a target above the ceiling needs "
+               "cheaper arithmetic per sample (fewer or narrower multiply-adds), not better memory access.", "",
+               ceiling_table(rows, threads)]
     if plot_path:
         plot(rows, plot_path)
     return Section("Hard inference: fffcpu vs dense FF and the PyTorch package", "\n".join(md), rows, checks,
