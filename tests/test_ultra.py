@@ -528,3 +528,66 @@ def test_predict_fast_path_equals_checked_path():
     np.testing.assert_array_equal(model.predict(x.tolist()), fast)
     np.testing.assert_array_equal(model.predict(x[:1]), fast[:1])
     np.testing.assert_array_equal(np.concatenate([model.predict(x[i:i + 1]) for i in range(5)]), fast)
+
+
+# --- bfloat16 weights (inference-only snapshot) ----------------------------------------------------------------------
+
+
+def test_bfloat16_bits_round_to_nearest_even():
+    from fffcpu.models.ultra import from_bfloat16_bits, to_bfloat16_bits
+
+    values = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-20, -2.5, 0.0, -0.0, np.inf, -np.inf,
+                       np.float32(3.4e38), np.nan], dtype=np.float32)
+    bits = to_bfloat16_bits(values)
+    # ties go to the even neighbour; above the tie rounds up; the largest finite float32 rounds to inf
+    assert bits[:10].tolist() == [0x3F80, 0x3F80, 0x3F82, 0x3F81, 0xC020, 0x0000, 0x8000, 0x7F80, 0xFF80, 0x7F80]
+    assert np.isnan(from_bfloat16_bits(bits)[10])
+    back = from_bfloat16_bits(bits[:9])
+    np.testing.assert_array_equal(back, [1.0, 1.0, 1 + 2**-6, 1 + 2**-7, -2.5, 0.0, -0.0, np.inf, -np.inf])
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=1000).astype(np.float32)
+    rounded = from_bfloat16_bits(to_bfloat16_bits(w))
+    np.testing.assert_array_equal(to_bfloat16_bits(rounded), to_bfloat16_bits(w))  # bfloat16 values are fixed
+    assert np.all(np.abs(rounded - w) <= np.abs(w) * 2**-8)  # half a unit in the last of 8 significant bits
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, BIG, HUGE])
+@pytest.mark.parametrize("trees", [1, 3])
+def test_bfloat16_snapshot_equals_float32_layer_with_rounded_weights(n, trees):
+    """to_bfloat16(): the kernels widen the bfloat16 weights exactly, so predict and route give the bits of the
+    float32 layer whose weights are the rounded values, for every kernel's batch size."""
+    from fffcpu.models.ultra import from_bfloat16_bits
+
+    model, rng = random_model(5, "float32", seed=31, trees=trees)
+    model.params["w_in"][...] = rng.normal(size=model.params["w_in"].shape)
+    snapshot = model.to_bfloat16()
+    rounded = model.copy()
+    for name in ("w_in", "w_out"):
+        assert snapshot.params[name].dtype == np.uint16
+        rounded.params[name][...] = from_bfloat16_bits(snapshot.params[name])
+    x = rng.normal(size=(n, model.input_width)).astype(np.float32)
+    np.testing.assert_array_equal(snapshot.predict(x), rounded.predict(x))
+    np.testing.assert_array_equal(snapshot.route(x), rounded.route(x))
+    out = np.empty((n, model.output_width), np.float32)
+    assert snapshot.predict(x, out=out) is out
+    np.testing.assert_array_equal(out, rounded.predict(x))
+    if n:  # close to the float32 layer: the weights moved by at most 2**-8 relative
+        same = snapshot.route(x) == model.route(x)
+        assert same.mean() > 0.8
+        rows = same.all(axis=1)
+        np.testing.assert_allclose(snapshot.predict(x)[rows], model.predict(x)[rows], rtol=0.05, atol=0.05)
+
+
+def test_bfloat16_snapshot_is_a_snapshot_and_checks_input():
+    model = UltraFFF(6, 4, 3, seed=0)
+    snapshot = model.to_bfloat16()
+    assert snapshot.nbytes < 0.6 * sum(a.nbytes for a in model.params.values())
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    before = snapshot.predict(x)
+    model.params["w_out"][...] += 1.0  # training the layer later does not reach the snapshot
+    np.testing.assert_array_equal(snapshot.predict(x), before)
+    with pytest.raises(ValueError, match="6"):
+        snapshot.predict(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="float32 layer"):
+        UltraFFF(6, 4, 3, dtype="float64", seed=0).to_bfloat16()
+    assert "BFloat16UltraFFF(input_width=6" in repr(snapshot)

@@ -81,14 +81,42 @@ def _is_float_array(ty, ndim):
                                                                                                 types.float64)
 
 
+def _is_weight_array(ty, ndim, dtype):
+    """A C-contiguous weight array for activations of ``dtype``: the same dtype, or uint16 holding bfloat16 bits
+    (the upper half of a float32) when ``dtype`` is float32."""
+    return (isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C"
+            and (ty.dtype == dtype or (dtype == types.float32 and ty.dtype == types.uint16)))
+
+
 def _load_vector(builder, ptr, offset, vty, align):
     return builder.load(builder.bitcast(builder.gep(ptr, [offset]), vty.as_pointer()), align=align)
 
 
-def _ir_dots(builder, a_ptrs, b_ptrs, n, dtype):
+def _widen_bfloat16(builder, bits, float_type):
+    """bfloat16 bits (i16 or a vector of them) → float32 (exact: the bits become the upper half)."""
+    wide = ir.IntType(32) if isinstance(bits.type, ir.IntType) else ir.VectorType(ir.IntType(32), bits.type.count)
+    shift = ir.Constant(wide, 16) if isinstance(wide, ir.IntType) else ir.Constant(wide, [16] * wide.count)
+    return builder.bitcast(builder.shl(builder.zext(bits, wide), shift), float_type)
+
+
+def _load_weights(builder, ptr, offset, vty, weight_dtype, align):
+    """A vector of weights from ``ptr + offset`` as ``vty``; uint16 weights are bfloat16, widened exactly."""
+    if weight_dtype == types.uint16:
+        bits = _load_vector(builder, ptr, offset, ir.VectorType(ir.IntType(16), vty.count), 2)
+        return _widen_bfloat16(builder, bits, vty)
+    return _load_vector(builder, ptr, offset, vty, align)
+
+
+def _load_weight(builder, ptr, index, element, weight_dtype):
+    """One weight ``ptr[index]`` as ``element``; uint16 weights are bfloat16, widened exactly."""
+    value = builder.load(builder.gep(ptr, [index]))
+    return _widen_bfloat16(builder, value, element) if weight_dtype == types.uint16 else value
+
+
+def _ir_dots(builder, a_ptrs, b_ptrs, n, dtype, b_dtype):
     """IR of ``[a · b for a, b in zip(a_ptrs, b_ptrs)]`` (vectors of length n), computed in one loop so that the
     independent chains overlap. Each dot product has the same instructions, in the same order, as when it is
-    computed alone."""
+    computed alone. ``b_dtype`` is the Numba dtype of the b arrays (``dtype``, or uint16 for bfloat16 rows)."""
     element, width = _vector_type(dtype)
     vty = ir.VectorType(element, width)
     align = dtype.bitwidth // 8
@@ -103,7 +131,7 @@ def _ir_dots(builder, a_ptrs, b_ptrs, n, dtype):
             offset = builder.add(base, intp(i * width))
             for acc, a_ptr, b_ptr in zip(accs, a_ptrs, b_ptrs):
                 va = _load_vector(builder, a_ptr, offset, vty, align)
-                vb = _load_vector(builder, b_ptr, offset, vty, align)
+                vb = _load_weights(builder, b_ptr, offset, vty, b_dtype, align)
                 builder.store(builder.fadd(builder.load(acc[i]), builder.fmul(va, vb)), acc[i])
     tails = [cgutils.alloca_once_value(builder, ir.Constant(element, 0.0)) for _ in a_ptrs]
     start = builder.mul(n_chunks, intp(chunk))
@@ -111,7 +139,7 @@ def _ir_dots(builder, a_ptrs, b_ptrs, n, dtype):
         i = builder.add(start, loop.index)
         for tail, a_ptr, b_ptr in zip(tails, a_ptrs, b_ptrs):
             va = builder.load(builder.gep(a_ptr, [i]))
-            vb = builder.load(builder.gep(b_ptr, [i]))
+            vb = _load_weight(builder, b_ptr, i, element, b_dtype)
             builder.store(builder.fadd(builder.load(tail), builder.fmul(va, vb)), tail)
     results = []
     for acc, tail in zip(accs, tails):
@@ -131,15 +159,16 @@ def _ir_dots(builder, a_ptrs, b_ptrs, n, dtype):
 
 @intrinsic
 def _dot(typingctx, a, b):
-    """``a · b`` of two contiguous 1-D float arrays of equal length (the length of ``a`` is used)."""
-    if not (_is_float_array(a, 1) and _is_float_array(b, 1) and a.dtype == b.dtype):
+    """``a · b`` of two contiguous 1-D arrays of equal length (the length of ``a`` is used); ``b`` may hold
+    bfloat16 weights (uint16) for a float32 ``a``."""
+    if not (_is_float_array(a, 1) and _is_weight_array(b, 1, a.dtype)):
         return None
 
     def codegen(context, builder, sig, args):
         arr_a = context.make_array(sig.args[0])(context, builder, args[0])
         arr_b = context.make_array(sig.args[1])(context, builder, args[1])
         n = builder.extract_value(arr_a.shape, 0)
-        return _ir_dots(builder, [arr_a.data], [arr_b.data], n, sig.args[0].dtype)[0]
+        return _ir_dots(builder, [arr_a.data], [arr_b.data], n, sig.args[0].dtype, sig.args[1].dtype)[0]
 
     return a.dtype(a, b), codegen
 
@@ -148,17 +177,18 @@ def _dot(typingctx, a, b):
 def _dot4(typingctx, a0, b0, a1, b1, a2, b2, a3, b3):
     """``(a0 · b0, a1 · b1, a2 · b2, a3 · b3)``, each bitwise equal to ``_dot(ai, bi)``: four independent dot
     products in one loop, so that their dependency chains (and the loads of four rows) overlap."""
-    arrays = (a0, b0, a1, b1, a2, b2, a3, b3)
-    if not all(_is_float_array(a, 1) and a.dtype == a0.dtype for a in arrays):
+    if not (all(_is_float_array(a, 1) and a.dtype == a0.dtype for a in (a0, a1, a2, a3))
+            and all(_is_weight_array(b, 1, a0.dtype) and b.dtype == b0.dtype for b in (b0, b1, b2, b3))):
         return None
 
     def codegen(context, builder, sig, args):
         arrs = [context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args)]
         n = builder.extract_value(arrs[0].shape, 0)
-        dots = _ir_dots(builder, [a.data for a in arrs[0::2]], [b.data for b in arrs[1::2]], n, sig.args[0].dtype)
+        dots = _ir_dots(builder, [a.data for a in arrs[0::2]], [b.data for b in arrs[1::2]], n, sig.args[0].dtype,
+                        sig.args[1].dtype)
         return context.make_tuple(builder, sig.return_type, dots)
 
-    return types.UniTuple(a0.dtype, 4)(*arrays), codegen
+    return types.UniTuple(a0.dtype, 4)(a0, b0, a1, b1, a2, b2, a3, b3), codegen
 
 
 def _make_path_output(stream):
@@ -169,16 +199,17 @@ def _make_path_output(stream):
     def path_output(typingctx, yb, w_out, nodes_b, acts_b):
         """``yb[o] = Σ_trees Σ_levels acts_b[t, l] w_out[t, nodes_b[t, l], o]`` summed in that order from 0.
 
-        ``yb`` (out,), ``w_out`` (trees, N, out), ``nodes_b`` (trees, levels) int64, ``acts_b`` (trees, levels); all
-        C-contiguous. Each block of 4 vectors of ``yb`` stays in registers over the whole path and is stored once."""
-        if not (_is_float_array(yb, 1) and _is_float_array(w_out, 3) and _is_float_array(acts_b, 2)
+        ``yb`` (out,), ``w_out`` (trees, N, out; bfloat16 bits as uint16 for a float32 ``yb``), ``nodes_b``
+        (trees, levels) int64, ``acts_b`` (trees, levels); all C-contiguous. Each block of 4 vectors of ``yb`` stays
+        in registers over the whole path and is stored once."""
+        if not (_is_float_array(yb, 1) and _is_weight_array(w_out, 3, yb.dtype) and _is_float_array(acts_b, 2)
                 and isinstance(nodes_b, types.Array) and nodes_b.ndim == 2 and nodes_b.layout == "C"
-                and nodes_b.dtype == types.int64 and yb.dtype == w_out.dtype == acts_b.dtype):
+                and nodes_b.dtype == types.int64 and yb.dtype == acts_b.dtype):
             return None
 
         def codegen(context, builder, sig, args):
             y, w, nodes, acts = (context.make_array(ty)(context, builder, v) for ty, v in zip(sig.args, args))
-            dtype = sig.args[0].dtype
+            dtype, w_dtype = sig.args[0].dtype, sig.args[1].dtype
             element, width = _vector_type(dtype)
             vty = ir.VectorType(element, width)
             align = dtype.bitwidth // 8
@@ -214,7 +245,7 @@ def _make_path_output(stream):
                                                 mask)
                     start = builder.add(row, base)
                     for i, acc in enumerate(accs):
-                        u = _load_vector(builder, w.data, builder.add(start, intp(i * width)), vty, align)
+                        u = _load_weights(builder, w.data, builder.add(start, intp(i * width)), vty, w_dtype, align)
                         builder.store(builder.fadd(builder.load(acc), builder.fmul(av, u)), acc)
 
                 path(add_row)
@@ -230,7 +261,7 @@ def _make_path_output(stream):
                 builder.store(ir.Constant(element, 0.0), total)
 
                 def add_element(a, row):
-                    u = builder.load(builder.gep(w.data, [builder.add(row, o)]))
+                    u = _load_weight(builder, w.data, builder.add(row, o), element, w_dtype)
                     builder.store(builder.fadd(builder.load(total), builder.fmul(a, u)), total)
 
                 path(add_element)

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from .._validation import check_fits_in_memory, check_positive_int, format_bytes, is_valid_input
+from .._validation import check_fits_in_memory, check_input, check_positive_int, format_bytes, is_valid_input
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
 from .base import Model, _aligned_empty
@@ -281,6 +281,21 @@ class UltraFFF(Model):
         """The same as ``predict``: UltraFFF trains hard, it has no soft mixture."""
         return self.predict(x)
 
+    def to_bfloat16(self) -> BFloat16UltraFFF:
+        """An inference-only snapshot of this layer with ``w_in`` and ``w_out`` stored in bfloat16.
+
+        The weights are rounded to the nearest bfloat16 (ties to even), which halves the bytes every path reads;
+        the arithmetic stays float32, in the same order: the snapshot's ``predict`` and ``route`` give exactly the
+        bits of this layer with its weights replaced by their bfloat16 values (tested). Outputs differ from the
+        float32 layer by the rounding of the weights (about 3 significant digits), and an input whose logit is
+        that close to 0 can take the other branch. Later changes to this layer (training) do not reach the
+        snapshot. Requires a float32 layer.
+        """
+        if self.dtype != np.float32:
+            raise ValueError(f"to_bfloat16 needs a float32 layer (bfloat16 weights, float32 arithmetic); this "
+                             f"layer is {self.dtype}")
+        return BFloat16UltraFFF(self)
+
     # --- training -----------------------------------------------------------------------------------------------
     def forward(self, x) -> np.ndarray:
         """Training forward through the path kernels; keeps the paths (nodes, logits, activations) for ``backward``.
@@ -420,6 +435,64 @@ class UltraFFF(Model):
             f"({format_bytes(self.inference_size * (self.input_width + self.output_width + 1) * self.dtype.itemsize)}"
             " of weights read per input)"
         )
+
+
+def to_bfloat16_bits(w) -> np.ndarray:
+    """float32 → bfloat16, rounded to nearest (ties to even), returned as the uint16 upper halves; NaN stays NaN."""
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + (((bits >> 16) & 1) + 0x7FFF)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(w), np.uint16(0x7FC0), rounded).astype(np.uint16)
+
+
+def from_bfloat16_bits(bits) -> np.ndarray:
+    """bfloat16 bits (uint16) → float32, exactly."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+class BFloat16UltraFFF:
+    """Inference-only UltraFFF with bfloat16 weights: made by ``UltraFFF.to_bfloat16()``.
+
+    ``params`` holds ``w_in`` and ``w_out`` as uint16 arrays of bfloat16 bits (the upper halves of float32
+    values) and ``b_in`` in float32; ``predict`` and ``route`` run the UltraFFF kernels, which widen each weight
+    exactly to float32 as they load it. Same arguments, checks and results as ``UltraFFF.predict`` / ``route``
+    for a layer whose weights are the bfloat16 values (``from_bfloat16_bits(params["w_in"])``...).
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, layer: UltraFFF):
+        self.input_width, self.output_width = layer.input_width, layer.output_width
+        self.depth, self.trees, self.activation = layer.depth, layer.trees, layer.activation
+        self._act_code = layer._act_code
+        self.params = {"w_in": _aligned_copy(to_bfloat16_bits(layer.params["w_in"])),
+                       "b_in": layer.params["b_in"].copy(),
+                       "w_out": _aligned_copy(to_bfloat16_bits(layer.params["w_out"]))}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the weights (half those of the float32 layer, apart from the biases)."""
+        return sum(a.nbytes for a in self.params.values())
+
+    def _check_x(self, x):
+        return check_input(x, self.input_width, self.dtype)
+
+    def _weights(self):
+        p = self.params
+        return p["w_in"], p["b_in"], p["w_out"]
+
+    route = UltraFFF.route
+    predict = UltraFFF.predict
+    _output = UltraFFF._output
+
+    def __repr__(self) -> str:
+        return (f"BFloat16UltraFFF(input_width={self.input_width}, output_width={self.output_width}, "
+                f"depth={self.depth}, trees={self.trees}, activation={self.activation!r})")
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    out = _aligned_empty(a.shape, a.dtype)
+    out[...] = a
+    return out
 
 
 def _as_numpy(value, name: str) -> np.ndarray:
