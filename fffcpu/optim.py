@@ -73,14 +73,20 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with bias correction and L2 weight decay (PyTorch's ``Adam``).
+    """Adam (Kingma & Ba) with bias correction and weight decay, coupled or decoupled.
 
-    The step count is kept per row, so rows that are not updated do not advance their bias correction.
+    By default ``weight_decay`` is an L2 term added to the gradient, as PyTorch's ``Adam``. With
+    ``decoupled_weight_decay=True`` it is AdamW's (Loshchilov & Hutter): ``θ ← θ·(1 - lr·weight_decay)``
+    before the Adam step, which then sees the plain gradient (PyTorch's ``AdamW``). The step count is kept per
+    row, so rows that are not updated do not advance their bias correction.
     """
 
     def __init__(self, params: dict, lr: float = 1e-3, *, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, decoupled_weight_decay: bool = False):
         super().__init__(params, lr, weight_decay)
+        if not isinstance(decoupled_weight_decay, (bool, np.bool_)):
+            raise TypeError(f"decoupled_weight_decay must be True or False, got {decoupled_weight_decay!r}")
+        self.decoupled = bool(decoupled_weight_decay)
         self.beta1, self.beta2 = (check_probability(b, "betas") for b in betas)
         self.eps = check_positive_float(eps, "eps")
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
@@ -88,12 +94,14 @@ class Adam(Optimizer):
         self.t = {name: np.zeros(p.shape[:1], dtype=np.int64) for name, p in params.items()}
 
     def _update(self, name, param, grad, index):
+        if self.decoupled and self.weight_decay:
+            param[index] *= param.dtype.type(1 - self.lr * self.weight_decay)
         t_all = self.t[name]
         fusable = isinstance(index, slice) and param.flags.c_contiguous and param.dtype == grad.dtype
         if fusable and (t_all.size == 0 or t_all.min() == t_all.max()):
             self._update_all(name, param, grad)
             return
-        if self.weight_decay:
+        if self.weight_decay and not self.decoupled:
             grad = grad + self.weight_decay * param[index]
         m = self.beta1 * self.m[name][index] + (1 - self.beta1) * grad
         v = self.beta2 * self.v[name][index] + (1 - self.beta2) * grad * grad
@@ -113,7 +121,7 @@ class Adam(Optimizer):
         c1, c2 = 1 - self.beta1**step, 1 - self.beta2**step
         adam_step(param.reshape(-1), np.ascontiguousarray(grad).reshape(-1), self.m[name].reshape(-1),
                   self.v[name].reshape(-1), self.lr / c1, self.beta1, self.beta2, 1 / np.sqrt(c2), self.eps,
-                  self.weight_decay)
+                  0.0 if self.decoupled else self.weight_decay)
 
 
 class Localized:
@@ -212,9 +220,11 @@ def LocalSGD(params: dict, blocks: dict, lr: float = 0.01, *, local_batch_size: 
 
 
 def LocalAdam(params: dict, blocks: dict, lr: float = 1e-3, *, local_batch_size: float, counts: str = "soft",
-              betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> Localized:
+              betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+              decoupled_weight_decay: bool = False) -> Localized:
     """Localized Adam: ``Localized(Adam(params, ...), blocks, ...)``."""
-    return Localized(Adam(params, lr, betas=betas, eps=eps, weight_decay=weight_decay), blocks,
+    return Localized(Adam(params, lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                          decoupled_weight_decay=decoupled_weight_decay), blocks,
                      local_batch_size=local_batch_size, counts=counts)
 
 

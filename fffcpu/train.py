@@ -10,7 +10,7 @@ from ._validation import check_input, check_nonnegative_float, check_positive_fl
 from .functional import get_loss
 from .optim import Localized, Optimizer, make_optimizer
 
-__all__ = ["train", "History", "TrainingDiverged", "check_targets", "accuracy"]
+__all__ = ["train", "History", "TrainingDiverged", "check_targets", "accuracy", "linear_ramp"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -25,7 +25,7 @@ class History(dict):
     """Per-epoch metrics: ``history["loss"][epoch]``; ``history.epochs`` counts the completed epochs.
 
     Keys: ``loss`` (mean prediction loss over the epoch's batches), ``entropy`` (mean node entropy, the
-    hardening term), ``objective`` (loss + hardening · entropy), ``seconds``; for classification
+    hardening term), ``objective`` (loss + the epoch's hardening weight · entropy), ``seconds``; for classification
     ``train_acc_soft``, ``train_acc_hard`` and with validation ``val_loss``, ``val_acc_soft``, ``val_acc_hard``;
     for regression ``train_mse_soft``/``_hard`` and ``val_mse_soft``/``_hard``.
     """
@@ -85,6 +85,21 @@ def check_targets(y, n_samples: int, loss: str, output_width: int, dtype, *, nam
     return arr
 
 
+def linear_ramp(hardening: float, epochs: int):
+    """A hardening schedule for ``train``: the weight grows linearly to ``hardening`` over ``epochs``, then stays.
+
+    Epoch e (from 0) gets ``hardening · min(1, (e + 1) / epochs)``. Annealing the weight lets the soft tree
+    decide its routing while the leaves adapt to it, instead of freezing the first routing it finds (§3.2).
+    """
+    hardening = check_nonnegative_float(hardening, "hardening")
+    epochs = check_positive_int(epochs, "epochs")
+    return lambda epoch: hardening * min(1.0, (epoch + 1) / epochs)
+
+
+def _hardening_at(hardening, epoch: int) -> float:
+    return check_nonnegative_float(hardening(epoch) if callable(hardening) else hardening, "hardening")
+
+
 def _evaluate(model, X, y, loss: str, prefix: str) -> dict:
     soft, hard = model.predict_soft(X), model.predict(X)
     if loss == "cross_entropy":
@@ -95,7 +110,7 @@ def _evaluate(model, X, y, loss: str, prefix: str) -> dict:
 
 
 def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: float = 1e-3, epochs: int = 10,
-          batch_size: int = 256, hardening: float = 0.0, validation=None, seed=None, progress: bool = True,
+          batch_size: int = 256, hardening=0.0, validation=None, seed=None, progress: bool = True,
           local_batch_size: float | None = None, usage_counts: str = "soft", callback=None,
           **optimizer_options) -> History:
     """Train ``model`` (FFF, FF or any model with forward/backward/params/grads) on ``(X, y)``.
@@ -110,9 +125,10 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     optimizer : {"adam", "sgd", "local_adam", "local_sgd"} or an optimizer built on ``model.params``
     lr : float
     epochs, batch_size : int
-    hardening : float
+    hardening : float or callable
         Weight h of the hardening term: the objective is ``loss + h · mean node entropy``
-        (see ``FFF.hardening_loss`` for the relation to the paper's sum).
+        (see ``FFF.hardening_loss`` for the relation to the paper's sum). A callable ``hardening(epoch)``
+        (epoch counted from 0) gives the weight of each epoch, e.g. ``linear_ramp(3.0, 20)``.
     validation : (X_val, y_val), optional
     seed : int, optional
         Seeds the shuffling of the minibatches.
@@ -124,7 +140,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     callback : callable(epoch, history, model), optional
         Called after every epoch (e.g. to keep snapshots of the weights).
     **optimizer_options
-        Passed to the optimizer (``momentum``, ``weight_decay``, ``betas``, ``eps``).
+        Passed to the optimizer (``momentum``, ``weight_decay``, ``decoupled_weight_decay``, ``betas``, ``eps``).
 
     Returns
     -------
@@ -144,7 +160,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     lr = check_positive_float(lr, "lr")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    hardening = check_nonnegative_float(hardening, "hardening")
+    _hardening_at(hardening, 0)
     if validation is not None:
         try:
             X_val, y_val = validation
@@ -167,6 +183,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     bar = _progress(epochs, progress)
     for epoch in range(epochs):
         started = time.perf_counter()
+        h = _hardening_at(hardening, epoch)
         order = rng.permutation(len(X))
         total_loss = total_entropy = 0.0
         for start in range(0, len(X), batch_size):
@@ -182,7 +199,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                 raise TrainingDiverged(
                     f"the loss became {batch_loss} in epoch {epoch + 1} (batch starting at sample {start}); "
                     "the model keeps the last weights with a finite loss. Try a smaller lr.", history)
-            model.backward(loss_grad(out, yb), hardening=hardening, input_grad=False)
+            model.backward(loss_grad(out, yb), hardening=h, input_grad=False)
             if not all(np.isfinite(g).all() for g in model.grads.values()):
                 bar.close()
                 raise TrainingDiverged(
@@ -197,7 +214,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
             total_loss += batch_loss * len(rows)
             total_entropy += entropy * len(rows)
         metrics = {"loss": total_loss / len(X), "entropy": total_entropy / len(X)}
-        metrics["objective"] = metrics["loss"] + hardening * metrics["entropy"]
+        metrics["objective"] = metrics["loss"] + h * metrics["entropy"]
         metrics.update(_evaluate(model, X, y, loss, "train"))
         if validation is not None:
             metrics["val_loss"] = loss_fn(model.predict_soft(X_val), y_val)

@@ -38,6 +38,33 @@ def test_adam_two_steps_by_hand():
     assert p["w"][0] == pytest.approx(expected - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8), rel=1e-12)
 
 
+def test_adamw_decoupled_weight_decay_by_hand():
+    # step 1: θ ← 1·(1 - 0.1·0.5) = 0.95, then the Adam step on the plain gradient g = 2: m̂ = 2, v̂ = 4
+    #   θ1 = 0.95 - 0.1·2/(2 + 1e-8)
+    # step 2 (g = -1): θ ← θ1·0.95, then m̂ = 0.08/0.19, v̂ = 0.004996/0.001999 as in the plain Adam test
+    p = {"w": np.array([1.0])}
+    opt = Adam(p, lr=0.1, weight_decay=0.5, decoupled_weight_decay=True)
+    opt.step({"w": np.array([2.0])})
+    first = 0.95 - 0.1 * 2.0 / (2.0 + 1e-8)
+    assert p["w"][0] == pytest.approx(first, rel=1e-12)
+    opt.step({"w": np.array([-1.0])})
+    m_hat, v_hat = 0.08 / (1 - 0.9**2), 0.004996 / (1 - 0.999**2)
+    assert p["w"][0] == pytest.approx(first * 0.95 - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8), rel=1e-12)
+    # the coupled (L2) decay of the same strength takes another first step: the decay goes through m and v
+    q = {"w": np.array([1.0])}
+    Adam(q, lr=0.1, weight_decay=0.5).step({"w": np.array([2.0])})
+    assert q["w"][0] == pytest.approx(1.0 - 0.1, rel=1e-6) and q["w"][0] != pytest.approx(first)
+
+
+def test_adamw_without_gradient_only_decays_and_skips_masked_rows():
+    p = {"w": np.array([[2.0, -4.0], [1.0, 1.0]])}
+    opt = Adam(p, lr=0.1, weight_decay=0.2, decoupled_weight_decay=True)
+    opt.step({"w": np.zeros((2, 2))}, rows={"w": np.array([True, False])})
+    np.testing.assert_allclose(p["w"], [[2.0 * 0.98, -4.0 * 0.98], [1.0, 1.0]], rtol=1e-12)
+    with pytest.raises(TypeError, match="decoupled_weight_decay must be True or False"):
+        Adam(p, lr=0.1, decoupled_weight_decay="yes")
+
+
 @pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9), lambda p: Adam(p, lr=0.1)])
 def test_masked_rows_and_their_state_are_untouched(make):
     p = {"w": np.arange(6.0).reshape(3, 2)}
@@ -130,14 +157,15 @@ def test_make_optimizer_and_errors():
         LocalSGD(model.params, model.param_blocks, lr=0.1, local_batch_size=0)
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_adam_equals_the_rowwise_numpy_update(dtype):
+def test_fused_adam_equals_the_rowwise_numpy_update(dtype, decoupled):
     rng = np.random.default_rng(0)
     start = {"w": rng.normal(size=(4, 3)).astype(dtype), "b": rng.normal(size=4).astype(dtype)}
     fused = {k: v.copy() for k, v in start.items()}
     rowwise = {k: v.copy() for k, v in start.items()}
-    a = Adam(fused, lr=0.05, weight_decay=0.1)
-    b = Adam(rowwise, lr=0.05, weight_decay=0.1)
+    a = Adam(fused, lr=0.05, weight_decay=0.1, decoupled_weight_decay=decoupled)
+    b = Adam(rowwise, lr=0.05, weight_decay=0.1, decoupled_weight_decay=decoupled)
     every_row = {"w": np.ones(4, bool), "b": np.ones(4, bool)}  # a mask forces the row-wise NumPy path
     for _ in range(4):
         grads = {k: rng.normal(size=v.shape).astype(dtype) for k, v in start.items()}

@@ -22,7 +22,7 @@ from benchmarks import accuracy  # noqa: E402
 
 TINY = dataclasses.replace(
     accuracy.QUICK, widths=(16, 128), leaves=(8, 1), seeds=2, epochs=(("mnist5k", 2), ("digits", 3)),
-    tuned_grid=((3e-3, 1.0, False), (3e-3, 3.0, True), (3e-3, 3.0, "then")), study_configs=((16, 1),),
+    tuned_grid=((3e-3, 1.0, False), (3e-3, 3.0, True), (3e-3, 3.0, "anneal")), study_configs=((16, 1),),
     study_variants=("paper", "h mean 3", "straight-through + h mean 3"), max_train=300, speed_budget=0.02,
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,9 +59,10 @@ def test_runs_cover_the_grid_and_select_on_validation(pieces):
     # paper recipe: h = 3 on the sum, i.e. 3 * 256 * nodes as our mean weight
     r = next(r for r in results if r["recipe"] == "paper" and r["leaf"] == 1 and r["width"] == 128)
     assert r["hardening_value"] == 3.0 * 256 * 127
-    # soft, then hard: the history covers all epochs, and the FF never gets the hard phase
-    then = [r for r in results if r.get("then_hard")]
-    assert then and all(r["leaf"] is not None and len(r["curves"]["entropy"]) == r["epochs"] for r in then)
+    # anneal, then hard: one history over all epochs, and the FF (no routing) never anneals
+    anneal = [r for r in results if r["anneal"]]
+    assert anneal and all(r["leaf"] is not None and len(r["curves"]["entropy"]) == r["epochs"] for r in anneal)
+    assert all(not r["anneal"] for r in results if r["leaf"] is None)
     # the tuned grid point of seeds >= 1 is the one seed 0 chose on validation
     tuned = [r for r in results if r["recipe"] == "tuned" and r["dataset"] == "digits" and r["width"] == 16
              and r["leaf"] == 8]
@@ -159,3 +160,24 @@ def test_makefile_has_reproduce_target():
     with open(os.path.join(ROOT, "Makefile")) as f:
         text = f.read()
     assert "reproduce:" in text and "-m benchmarks.accuracy --out docs/reproduction.md" in text
+
+
+def test_anneal_ramps_the_hardening_then_trains_straight_through(monkeypatch):
+    """The anneal grid point: soft epochs with a linearly growing weight, then straight-through at weight h."""
+    seen = []
+    real_train = accuracy.fffcpu.train
+
+    def spy(model, X, y, *, hardening, callback, **kwargs):
+        def record(epoch, history, m):
+            seen.append((hardening(epoch), m.train_hardened, m.straight_through))
+            callback(epoch, history, m)
+
+        return real_train(model, X, y, hardening=hardening, callback=record, **kwargs)
+
+    monkeypatch.setattr(accuracy.fffcpu, "train", spy)
+    protocol = dataclasses.replace(TINY, epochs=(("mnist5k", 6), ("digits", 6)))
+    accuracy.run_task(accuracy.make_task("digits", 16, 8, 0, "tuned", protocol, tuned=(3e-3, 3.0, "anneal")))
+    # epochs 1-4 soft with h = 0.75, 1.5, 2.25, 3, epochs 5-6 hard at h = 3 (the mode in effect during each epoch)
+    assert [h for h, _, _ in seen] == [0.75, 1.5, 2.25, 3.0, 3.0, 3.0]
+    assert [hard for _, hard, _ in seen] == [False, False, False, False, True, True]
+    assert all(hard == st for _, hard, st in seen)

@@ -142,3 +142,48 @@ def test_straight_through_hard_training_uses_many_leaves(digits):
     train(model, X_train, y_train, lr=1e-2, epochs=40, batch_size=64, seed=0, progress=False)
     assert np.mean(model.predict(X_test).argmax(axis=1) == y_test) >= 0.93
     assert len(np.unique(model.route(X_test))) >= 4
+
+
+def test_linear_ramp_values():
+    from fffcpu.train import linear_ramp
+
+    ramp = linear_ramp(3.0, 4)
+    assert [ramp(e) for e in range(6)] == [0.75, 1.5, 2.25, 3.0, 3.0, 3.0]
+    with pytest.raises(ValueError, match="hardening"):
+        linear_ramp(-1.0, 4)
+
+
+def test_hardening_schedule_sets_each_epochs_weight(digits):
+    """A callable hardening gives each epoch its weight: the objective of the history uses it, and a run whose
+    schedule is constant equals the run with that constant."""
+    X_train, _, y_train, _ = digits
+    seen = []
+
+    def schedule(epoch):
+        seen.append(epoch)
+        return [0.0, 5.0, 50.0][epoch]
+
+    model = FFF(64, 4, 10, 2, seed=0)
+    history = train(model, X_train[:300], y_train[:300], lr=1e-2, epochs=3, hardening=schedule, seed=0,
+                    progress=False)
+    assert seen[-3:] == [0, 1, 2]
+    for epoch, h in enumerate([0.0, 5.0, 50.0]):
+        assert history["objective"][epoch] == pytest.approx(history["loss"][epoch] + h * history["entropy"][epoch])
+    constant = [train(FFF(64, 4, 10, 2, seed=0), X_train[:300], y_train[:300], lr=1e-2, epochs=2, hardening=h,
+                      seed=0, progress=False) for h in (2.0, lambda epoch: 2.0)]
+    assert constant[0]["loss"] == constant[1]["loss"] and constant[0]["entropy"] == constant[1]["entropy"]
+
+
+def test_hardening_schedule_changes_the_training_only_from_its_epoch(digits):
+    """Weight 0 in epoch 0, then a strong weight: epoch 0 equals training without hardening, later epochs harden."""
+    X_train, _, y_train, _ = digits
+    runs = [train(FFF(64, 4, 10, 2, seed=0), X_train, y_train, lr=1e-2, epochs=4, batch_size=64, hardening=h,
+                  seed=0, progress=False) for h in (0.0, lambda epoch: 0.0 if epoch == 0 else 30.0)]
+    assert runs[1]["loss"][0] == runs[0]["loss"][0] and runs[1]["entropy"][0] == runs[0]["entropy"][0]
+    assert runs[1]["entropy"][-1] < 0.5 * runs[0]["entropy"][-1]
+
+
+def test_bad_hardening_schedule_is_rejected(digits):
+    X_train, _, y_train, _ = digits
+    with pytest.raises(ValueError, match="hardening"):
+        train(FFF(64, 4, 10, 2, seed=0), X_train, y_train, epochs=2, hardening=lambda epoch: -1.0, progress=False)
