@@ -19,6 +19,11 @@ THREADS = 2  # every library gets this many threads (Numba, BLAS, torch)
 #: thread pools, as in a program that does not alternate libraries in a tight loop.
 SETTLE_S = 0.2
 
+#: Seconds of untimed calls a method makes at the start of each turn, after the pause (methods whose call takes
+#: less than this): after 0.2 s of idling the core's clock and caches need a moment, and a method timed on calls
+#: of a few microseconds would otherwise pay that for its first calls of every turn.
+WARM_S = 0.02
+
 
 def settle(seconds=SETTLE_S):
     """Sleep until the thread pools of the previously timed library have stopped spinning."""
@@ -55,6 +60,16 @@ def median_time(fn, *, min_repeats=3, max_repeats=50, budget=1.0, warmup=1):
     return float(np.median(times)), len(times)
 
 
+def warm(fn, k, seconds=WARM_S):
+    """Untimed calls ``fn(k)``, ``fn(k + 1)``... for ``seconds`` (at least one); returns the next call number."""
+    started = time.perf_counter()
+    while True:
+        fn(k)
+        k += 1
+        if time.perf_counter() - started >= seconds:
+            return k
+
+
 def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, warmup=1, slice_s=0.2,
                         settle_s=SETTLE_S):
     """Median wall time of each ``fns[name](k)``, the methods taking turns so that they see the same machine load.
@@ -62,7 +77,8 @@ def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, 
     ``fns`` maps a name to a callable of the call number k (so each call can take distinct inputs). After
     ``warmup`` untimed calls each, the methods run in rounds; in a round each method still running makes calls
     for about ``slice_s`` seconds (at least one), then the process sleeps ``settle_s`` (see ``SETTLE_S``; not
-    counted) before the next method's turn. A method stops once it has ``min_repeats[name]`` (default 3)
+    counted) before the next method's turn, which starts with untimed calls for ``WARM_S`` if the method's
+    calls are shorter than that (``warm``). A method stops once it has ``min_repeats[name]`` (default 3)
     timings and either ``max_repeats[name]`` (default 50) of them or ``budget`` seconds spent. Returns
     ``{name: (median seconds, repeats)}``.
     """
@@ -83,6 +99,8 @@ def interleaved_medians(fns, *, budget=1.0, min_repeats=None, max_repeats=None, 
         for name, fn in fns.items():
             if not running(name):
                 continue
+            if settle_s and times[name] and np.median(times[name]) < WARM_S:
+                k = warm(fn, k)
             in_slice = 0.0
             while running(name) and (in_slice == 0.0 or in_slice < slice_s):
                 t0 = time.perf_counter()

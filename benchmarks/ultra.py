@@ -58,8 +58,9 @@ def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, tim
     ``timing_seconds`` is called several times per timing (the clock's resolution and the loop's overhead).
     After each timing the process sleeps ``settle`` seconds (default ``common.SETTLE_S``; not counted), so that
     the idle OpenBLAS threads or OpenMP workers of the previous function have stopped spinning before the next
-    function runs."""
-    from .common import SETTLE_S
+    function runs; a function whose timing spans several calls then makes untimed calls for ``common.WARM_S``
+    before it is timed."""
+    from .common import SETTLE_S, warm
 
     settle = SETTLE_S if settle is None else settle
     inner = {}
@@ -74,6 +75,8 @@ def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, tim
     while rounds < min_rounds or (time.perf_counter() - started < min_seconds and rounds < max_rounds):
         for name, fn in fns.items():
             k = inner[name]
+            if settle and k > 1:  # calls shorter than the timing: untimed calls first (common.WARM_S)
+                warm(lambda _: fn(), 0)
             t0 = time.perf_counter()
             for _ in range(k):
                 fn()
