@@ -263,6 +263,9 @@ class UltraFFF(Model):
         if out is None:
             return _aligned_empty(shape, self.dtype) if x.shape[0] >= _kernels.GROUPED_MIN_BATCH else \
                 np.empty(shape, dtype=self.dtype)
+        if (type(out) is np.ndarray and out.shape == shape and out.dtype == self.dtype and out.flags.c_contiguous
+                and out.flags.writeable and not np.may_share_memory(out, x)):
+            return out
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out: expected a NumPy array of shape {shape} and dtype {self.dtype}, "
                             f"got {type(out).__name__}")
