@@ -13,7 +13,7 @@ Floating point. The dot products (``_dot``, ``_dot4``) and the output sums (``_p
 compiler: lane j of accumulator i sums the elements ``64 k + 16 i + j`` (float32; 8 lanes for float64), the four
 accumulators are added as (a0 + a1) + (a2 + a3), the lanes by halving, then the tail elements one by one. No
 fast-math flag is set anywhere (no reassociation, no FMA contraction, no ``nnan``): every path kernel (one input,
-four inputs sharing a row, serial, parallel, grouped by subtree) therefore gives the same bits for an input, a
+four inputs at once, serial, parallel, grouped by subtree) therefore gives the same bits for an input, a
 logit of exactly 0 and a NaN logit go left as in the reference, and routes differ from a reference summed in
 another order only where ``|z|`` is at rounding level. Output element o is ``((0 + a_0 u_0[o]) + a_1 u_1[o]) + ...``
 over trees then levels, in every kernel.
