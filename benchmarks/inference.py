@@ -165,6 +165,10 @@ def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng
         t_td = timed["torch dense"][0] if use_torch else None
         t_pkg = timed["pkg"][0] if use_torch else None
         parts = breakdown(model, pool, threads, budget) if (depth, leaf) in BREAKDOWN_POINTS else None
+        ceiling = None
+        if (batch > engine.SERIAL_MAX and (depth, leaf) in BREAKDOWN_POINTS) or (use_torch and batch == 256
+                                                                                 and leaf <= 128):
+            ceiling = in_cache_costs(model, pool[0])
         # --- memory (one more call each, after timing) --------------------------------------------------
         mem_fff = peak_memory(lambda: model.predict(pool[1 % P], n_jobs=threads))
         dense.buffers = {}
@@ -180,7 +184,7 @@ def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng
                          torch_pkg=None if t_pkg is None else batch / t_pkg,
                          vs_pkg=None if t_pkg is None else t_pkg / t_fff,
                          mem_fff=mem_fff, mem_dense=mem_dense, distinct_leaves=distinct,
-                         t_fff=t_fff, t_dense=t_dense, t_pkg=t_pkg, parts=parts))
+                         t_fff=t_fff, t_dense=t_dense, t_pkg=t_pkg, parts=parts, ceiling=ceiling))
         print(f"  width {width:>6} depth {depth:>2} leaf {leaf:>5} batch {batch:>5}: fffcpu {fmt_rate(batch / t_fff)}/s "
               f"({path}), dense {fmt_rate(batch / t_dense)}/s, speedup {speedup:.0f}x (limit {limit:.0f}x)"
               + (f", torch pkg {fmt_rate(batch / t_pkg)}/s ({t_pkg / t_fff:.0f}x)" if t_pkg else ""), flush=True)
@@ -210,7 +214,6 @@ def breakdown(model, pool, threads, budget):
         }, budget=budget, max_repeats={"call": 4000, "kernel": 4000})
         return {"call": timed["call"][0], "kernel": timed["kernel"][0]}
     leaves = [model.route(x, n_jobs=threads) for x in pool]
-    dot_s, leaf_s = in_cache_costs(model, pool[0])
     timed = interleaved_medians({
         "call": lambda k: model.predict(pool[k % P], n_jobs=threads),
         "route": lambda k: engine.route(pool[k % P], p["node_weights"], p["node_biases"], d, n_jobs=threads),
@@ -218,8 +221,7 @@ def breakdown(model, pool, threads, budget):
     }, budget=budget, max_repeats={"call": 100, "route": 100, "leaves": 100})
     distinct = np.mean([len(np.unique(lv)) for lv in leaves])
     return {"call": timed["call"][0], "route": timed["route"][0], "leaves": timed["leaves"][0],
-            "leaf_bytes": distinct * leaf_nbytes(model.leaf_width), "dots": len(pool[0]) * d,
-            "dot_in_cache": dot_s, "leaf_in_cache": leaf_s}
+            "leaf_bytes": distinct * leaf_nbytes(model.leaf_width), "dots": len(pool[0]) * d}
 
 
 def in_cache_costs(model, x, repeats=200):
@@ -281,21 +283,21 @@ def breakdown_table(rows, bandwidth):
 
 
 def ceiling_table(rows, threads):
-    """The arithmetic ceiling at the large-batch target points: every sample's node dot products and its leaf at
-    their in-cache single-thread cost (``in_cache_costs``), split perfectly over the threads, no memory traffic."""
+    """The arithmetic ceiling at the target points (large batches vs dense NumPy, batch 256 vs the torch package):
+    every sample's node dot products and its leaf at their in-cache single-thread cost (``in_cache_costs``), split
+    perfectly over the threads, no memory traffic."""
     out = []
     for r in rows:
-        q = r.get("parts")
-        if not q or "dot_in_cache" not in q:
+        if not r.get("ceiling"):
             continue
-        per_sample = r["depth"] * q["dot_in_cache"] + q["leaf_in_cache"]
-        t_min = r["batch"] * per_sample / threads
-        out.append([r["width"], r["depth"], r["leaf"], r["batch"], f"{q['dot_in_cache'] * 1e9:.1f} ns",
-                    f"{q['leaf_in_cache'] * 1e9:.0f} ns", f"{t_min * 1e3:.2f} ms", f"{r['t_fff'] * 1e3:.2f} ms",
-                    fmt_x(r["t_dense"] / t_min), fmt_x(r["speedup"])])
+        dot_s, leaf_s = r["ceiling"]
+        t_min = r["batch"] * (r["depth"] * dot_s + leaf_s) / threads
+        out.append([r["width"], r["depth"], r["leaf"], r["batch"], f"{dot_s * 1e9:.1f} ns", f"{leaf_s * 1e9:.0f} ns",
+                    f"{t_min * 1e3:.3f} ms", f"{r['t_fff'] * 1e3:.3f} ms", fmt_x(r["t_dense"] / t_min),
+                    fmt_x(r["speedup"]), fmt_x(r["t_pkg"] / t_min) if r["t_pkg"] else "–", fmt_x(r["vs_pkg"])])
     return table(["width", "depth", "ℓ", "batch", "node dot product of 784, in cache", "leaf of one sample, in cache "
                   "(tiles of 8)", f"ceiling time ({threads} threads)", "measured fffcpu time",
-                  "speedup ceiling vs dense", "measured speedup"], out)
+                  "speedup ceiling vs dense", "measured speedup", "ceiling vs torch pkg", "measured vs torch pkg"], out)
 
 
 def evaluate_targets(rows, use_torch):
@@ -422,8 +424,8 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
     if any(r.get("parts") for r in rows):
         md += ["", "Where the time goes at the dense-NumPy target points (each part timed on its own, in turns with "
                "the whole call, on the same inputs):", "", breakdown_table(rows, bandwidth)]
-    if any(r.get("parts") and "dot_in_cache" in r["parts"] for r in rows):
-        md += ["", "Arithmetic ceiling at the large-batch target points: the engine's two building blocks timed "
+    if any(r.get("ceiling") for r in rows):
+        md += ["", "Arithmetic ceiling at the target points: the engine's two building blocks timed "
                "with their data in cache on one thread (a node dot product; a leaf evaluated for full tiles of "
                "8 samples), times the work of the batch, divided by the threads. No kernel built from these blocks "
                "can be faster than this time, whatever it does about memory; a target above the ceiling needs "
