@@ -26,7 +26,7 @@ help:
 	@echo "  make demo    install fffcpu[data] into $(VENV) and run 'python -m fffcpu demo'"
 	@echo "  make test    install fffcpu[test] into $(VENV) and run pytest (PYTEST_ARGS=... to pass options)"
 	@echo "  make bench   install fffcpu[test] into $(VENV) and run the benchmarks (python -m benchmarks)"
-	@echo "  make reproduce  install fffcpu[data,viz] and rerun the paper reproduction (docs/reproduction.md, ~20 min)"
+	@echo "  make reproduce  install fffcpu[data,viz] and rerun the paper reproduction (docs/reproduction.md, ~7 min on 2 cores)"
 	@echo "  make lab     install fffcpu[notebooks] into $(VENV) and start JupyterLab on notebooks/"
 	@echo "  make torch   add torch==$(TORCH_VERSION) and fastfeedforward==$(FASTFEEDFORWARD_VERSION) for the cross-check tests"
 	@echo "  make venv    create the virtual environment $(VENV) only"

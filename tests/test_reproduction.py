@@ -181,3 +181,43 @@ def test_anneal_ramps_the_hardening_then_trains_straight_through(monkeypatch):
     assert [h for h, _, _ in seen] == [0.75, 1.5, 2.25, 3.0, 3.0, 3.0]
     assert [hard for _, hard, _ in seen] == [False, False, False, False, True, True]
     assert all(hard == st for _, hard, st in seen)
+
+
+def test_hardening_runs_are_in_the_document(pieces):
+    runs = pieces["hardening_runs"]
+    expected = {(d, w, leaf, v) for d, w, leaf in TINY.hardening_configs for v in TINY.hardening_schedules}
+    assert {(r["dataset"], r["width"], r["leaf"], r["variant"]) for r in runs} == expected
+    text = open(pieces["out"]).read()
+    assert "### Closing the soft-vs-hard gap with stronger hardening" in text
+    for r in runs:
+        assert r["seed"] == 0 and r["optimizer"] == "adam" and r["lr"] == accuracy.HARDENING_LR
+        # val_soft is the soft validation accuracy of the chosen epoch, recorded by train's history
+        assert 0 <= r["val_soft"] <= 100
+        gap = f"{r['val_soft'] - r['val_hard']:+.1f}"
+        assert f"| {r['variant']} | {r['val_hard']:.1f} | {gap} |" in text
+    assert accuracy.hardening_summary(runs) in text
+
+
+@pytest.mark.parametrize("schedule, expected", [
+    # anneal: 4 soft epochs ramping to 1, then straight-through with the weight ramped from 1 to 100
+    ("anneal → ST, h 1 → 100", [(0.25, False), (0.5, False), (0.75, False), (1.0, False), (50.5, True),
+                                (100.0, True)]),
+    # soft throughout, the weight ramped to 30 over the 6 epochs
+    ("soft, h ramped to 30", [(5.0, False), (10.0, False), (15.0, False), (20.0, False), (25.0, False),
+                              (30.0, False)]),
+])
+def test_hardening_schedules(monkeypatch, schedule, expected):
+    seen = []
+    real_train = accuracy.fffcpu.train
+
+    def spy(model, X, y, *, hardening, callback, **kwargs):
+        def record(epoch, history, m):
+            seen.append((hardening(epoch), m.train_hardened))
+            callback(epoch, history, m)
+
+        return real_train(model, X, y, hardening=hardening, callback=record, **kwargs)
+
+    monkeypatch.setattr(accuracy.fffcpu, "train", spy)
+    protocol = dataclasses.replace(TINY, epochs=(("mnist5k", 6), ("digits", 6)))
+    accuracy.run_task(accuracy.make_task("digits", 16, 8, 0, "hardening", protocol, variant=schedule))
+    assert [(pytest.approx(h), hard) for h, hard in seen] == expected
