@@ -42,7 +42,8 @@ def test_runner_writes_report(tmp_path, monkeypatch):
     text = out.read_text()
     assert text == report
     for needle in ("## Machine", "Numba threading layer", "threadpool 0", "| 32 | 1 | 16 | 3 |",
-                   "## Training step", "fffcpu FFF(784, 8, 10, 4)", "fffcpu dense FF(784, 128, 10)"):
+                   "## Training step", "fffcpu FFF(784, 8, 10, 4)", "fffcpu dense FF(784, 128, 10)",
+                   "### Batch 1: where the time goes", "12 layers of each kind"):
         assert needle in text, needle
     assert (tmp_path / "benchmarks_inference.png").exists()
     assert "benchmarks.training" in runner.MODULES and "benchmarks.inference" in runner.MODULES
