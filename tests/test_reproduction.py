@@ -160,6 +160,10 @@ def test_makefile_has_reproduce_target():
     with open(os.path.join(ROOT, "Makefile")) as f:
         text = f.read()
     assert "reproduce:" in text and "-m benchmarks.accuracy --out docs/reproduction.md" in text
+    # the reduced protocol writes outside docs/, and CI runs it
+    assert "reproduce-quick:" in text and "-m benchmarks.accuracy --quick --out $(QUICK_OUT)/" in text
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert "make reproduce-quick" in f.read()
 
 
 def test_anneal_ramps_the_hardening_then_trains_straight_through(monkeypatch):
