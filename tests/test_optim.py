@@ -174,3 +174,23 @@ def test_fused_adam_equals_the_rowwise_numpy_update(dtype, decoupled):
     for k in start:
         np.testing.assert_allclose(fused[k], rowwise[k], rtol=1e-5 if dtype == np.float32 else 1e-12)
         assert not np.allclose(fused[k], start[k])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_adam_kernel_is_the_elementwise_formula(dtype):
+    """The vectorized kernel computes each element as the plain formula does, in float64, to the same bits."""
+    from fffcpu.kernels.optim import adam_step
+
+    rng = np.random.default_rng(3)
+    n = 1037  # not a multiple of any vector width
+    param, grad = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype)
+    m, v = (rng.standard_normal(n) * 0.1).astype(dtype), rng.random(n).astype(dtype) * 0.01
+    lr_over_c1, beta1, beta2, inv_sqrt_c2, eps, wd = 1e-3 / 0.271, 0.9, 0.999, 1 / np.sqrt(0.003), 1e-8, 0.01
+    g = grad.astype(np.float64) + wd * param.astype(np.float64)
+    mi = beta1 * m.astype(np.float64) + (1 - beta1) * g
+    vi = beta2 * v.astype(np.float64) + (1 - beta2) * g * g
+    expected = (param.astype(np.float64) - lr_over_c1 * mi / (np.sqrt(vi) * inv_sqrt_c2 + eps)).astype(dtype)
+    adam_step(param, grad, m, v, lr_over_c1, beta1, beta2, inv_sqrt_c2, eps, wd)
+    np.testing.assert_array_equal(param, expected)
+    np.testing.assert_array_equal(m, mi.astype(dtype))
+    np.testing.assert_array_equal(v, vi.astype(dtype))
