@@ -226,7 +226,11 @@ def hardening_schedule(task: dict, hardening: float, soft_epochs: int):
     if final is None:
         return ramp
     hard_epochs = max(1, epochs - soft_epochs)
-    return lambda e: ramp(e) if e < soft_epochs else hardening + (final - hardening) * (e - soft_epochs + 1) / hard_epochs
+
+    def schedule(e):
+        return ramp(e) if e < soft_epochs else hardening + (final - hardening) * (e - soft_epochs + 1) / hard_epochs
+
+    return schedule
 
 
 def run_task(task: dict) -> dict:
@@ -760,7 +764,8 @@ def study_table(entry: dict) -> str:
 
 
 def hardening_rows(runs: list) -> list:
-    """Per hardening run: [configuration, schedule, val hard, val soft − hard, entropy, test hard, test soft − hard]."""
+    """Per hardening run: [configuration, schedule, val hard, val soft − hard, entropy, test hard,
+    test soft − hard]."""
     rows = []
     for r in runs:
         entropy = r["curves"]["entropy"][r["best_epoch"] - 1]
