@@ -218,11 +218,11 @@ def hardening_schedule(task: dict, hardening: float, soft_epochs: int):
     ramp from h to that weight over the straight-through epochs. ``ramp_all``: ``linear_ramp(h, epochs)``.
     """
     epochs = task["epochs"]
-    if task.get("ramp_all"):
+    if task["ramp_all"]:
         return linear_ramp(hardening, epochs)
     if not task["anneal"]:
         return hardening
-    ramp, final = linear_ramp(hardening, soft_epochs), task.get("final_hardening")
+    ramp, final = linear_ramp(hardening, soft_epochs), task["final_hardening"]
     if final is None:
         return ramp
     hard_epochs = max(1, epochs - soft_epochs)
