@@ -10,7 +10,7 @@ from ._validation import check_input, check_nonnegative_float, check_positive_fl
 from .functional import get_loss
 from .optim import Localized, Optimizer, make_optimizer
 
-__all__ = ["train", "History", "TrainingDiverged", "check_targets", "accuracy", "linear_ramp"]
+__all__ = ["train", "History", "TrainingDiverged", "check_targets", "accuracy", "linear_ramp", "sharpening_ramp"]
 
 
 class TrainingDiverged(FloatingPointError):
@@ -27,7 +27,8 @@ class History(dict):
     Keys: ``loss`` (mean prediction loss over the epoch's batches), ``entropy`` (mean node entropy, the
     hardening term), ``objective`` (loss + the epoch's hardening weight · entropy), ``seconds``; for classification
     ``train_acc_soft``, ``train_acc_hard`` and with validation ``val_loss``, ``val_acc_soft``, ``val_acc_hard``;
-    for regression ``train_mse_soft``/``_hard`` and ``val_mse_soft``/``_hard``.
+    for regression ``train_mse_soft``/``_hard`` and ``val_mse_soft``/``_hard``; with ``sharpening``,
+    ``node_scale`` (the product of the sharpening factors applied so far).
     """
 
     @property
@@ -96,6 +97,25 @@ def linear_ramp(hardening: float, epochs: int):
     return lambda epoch: hardening * min(1.0, (epoch + 1) / epochs)
 
 
+def sharpening_ramp(total: float, epochs: int):
+    """A sharpening schedule for ``train``: node parameters multiplied by ``total`` in all over ``epochs`` epochs.
+
+    Epoch e (from 0) gets the factor ``total ** (1 / epochs)`` while ``e < epochs``, then 1: geometric growth, so
+    the soft decisions sharpen at the same relative pace throughout (the optimizer's own updates come on top).
+    Combined with a hardening weight ramped over the same epochs (``linear_ramp``), the soft model that is trained
+    ends as close to the hard one as the total makes it: with ``total=4096`` every configuration of the
+    reproduction (docs/reproduction.md) ends with soft and hard test accuracy within a point.
+    """
+    total = check_positive_float(total, "total")
+    epochs = check_positive_int(epochs, "epochs")
+    step = total ** (1.0 / epochs)
+    return lambda epoch: step if epoch < epochs else 1.0
+
+
+def _sharpening_at(sharpening, epoch: int) -> float:
+    return check_positive_float(sharpening(epoch) if callable(sharpening) else sharpening, "sharpening")
+
+
 def _hardening_at(hardening, epoch: int) -> float:
     return check_nonnegative_float(hardening(epoch) if callable(hardening) else hardening, "hardening")
 
@@ -111,7 +131,7 @@ def _evaluate(model, X, y, loss: str, prefix: str) -> dict:
 
 def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: float = 1e-3, epochs: int = 10,
           batch_size: int = 256, hardening=0.0, validation=None, seed=None, progress: bool = True,
-          local_batch_size: float | None = None, usage_counts: str = "soft", callback=None,
+          local_batch_size: float | None = None, usage_counts: str = "soft", sharpening=None, callback=None,
           **optimizer_options) -> History:
     """Train ``model`` (FFF, FF or any model with forward/backward/params/grads) on ``(X, y)``.
 
@@ -137,6 +157,12 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     local_batch_size, usage_counts
         For the localized optimizers: the usage a block must accumulate before it is updated, and
         whether usage counts soft reach probabilities or hard paths.
+    sharpening : float or callable, optional
+        After each epoch's updates (before its evaluation), multiply the node weights and biases by this
+        factor (``model.sharpen``; FFF only): hard routing keeps its decisions and the soft routing moves
+        towards them, so that the soft model being trained becomes the hard model that ``predict`` runs. A
+        callable ``sharpening(epoch)`` gives each epoch's factor, e.g. ``sharpening_ramp(4096, epochs)``. The
+        history records the product of the factors so far as ``node_scale``.
     callback : callable(epoch, history, model), optional
         Called after every epoch (e.g. to keep snapshots of the weights).
     **optimizer_options
@@ -161,6 +187,11 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     _hardening_at(hardening, 0)
+    if sharpening is not None:
+        _sharpening_at(sharpening, 0)
+        if not callable(getattr(model, "sharpen", None)):
+            raise ValueError(f"sharpening needs a model with soft routing to sharpen (an FFF); "
+                             f"{type(model).__name__} has no sharpen method")
     if validation is not None:
         try:
             X_val, y_val = validation
@@ -180,6 +211,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     rng = np.random.default_rng(seed)
     snapshot = {name: np.empty_like(p) for name, p in model.params.items()}
     history = History()
+    node_scale = 1.0
     bar = _progress(epochs, progress)
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -215,6 +247,11 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
             total_entropy += entropy * len(rows)
         metrics = {"loss": total_loss / len(X), "entropy": total_entropy / len(X)}
         metrics["objective"] = metrics["loss"] + h * metrics["entropy"]
+        if sharpening is not None:
+            factor = _sharpening_at(sharpening, epoch)
+            model.sharpen(factor)
+            node_scale *= factor
+            metrics["node_scale"] = node_scale
         metrics.update(_evaluate(model, X, y, loss, "train"))
         if validation is not None:
             metrics["val_loss"] = loss_fn(model.predict_soft(X_val), y_val)

@@ -321,3 +321,44 @@ def test_initialisation_follows_the_package():
         assert 0.4 < np.abs(p[name]).max() <= 0.5, name  # U(±1/√leaf_width)
     assert abs(p["w1s"].mean()) < 0.01
     np.testing.assert_array_equal(FFF(100, 4, 3, 5, seed=0).params["w1s"], p["w1s"])  # seeded
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sharpen_keeps_routes_and_moves_soft_towards_hard(dtype):
+    """A power-of-two factor multiplies every logit exactly: routes and hard outputs keep their bits, node
+    parameters are scaled, and predict_soft approaches predict as the factor grows (and moves away below 1)."""
+    model = FFF(12, 3, 4, 5, dtype=dtype, seed=1)
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 12)).astype(dtype)
+    x[0] = 0.0  # logit = bias only
+    leaves, hard = model.route(x), model.predict(x)
+    nodes = model.params["node_weights"].copy(), model.params["node_biases"].copy()
+    distances = []
+    for factor in (0.25, 1.0, 4.0, 64.0, 2.0**20):
+        clone = model.copy()
+        assert clone.sharpen(factor) is clone
+        np.testing.assert_array_equal(clone.params["node_weights"], nodes[0] * np.asarray(factor, dtype))
+        np.testing.assert_array_equal(clone.params["node_biases"], nodes[1] * np.asarray(factor, dtype))
+        np.testing.assert_array_equal(clone.route(x), leaves)
+        np.testing.assert_array_equal(clone.predict(x), hard)
+        for name in ("w1s", "b1s", "w2s", "b2s"):
+            np.testing.assert_array_equal(clone.params[name], model.params[name])
+        distances.append(float(np.abs(clone.predict_soft(x) - hard).max()))
+    assert distances == sorted(distances, reverse=True) and distances[0] > distances[1]
+    assert distances[-1] < 1e-3 * distances[1]
+
+
+def test_sharpen_rejects_bad_factors_and_leaves_the_model_unchanged():
+    model = FFF(6, 2, 3, 3, seed=0)
+    model.params["node_biases"][1] = 10.0
+    before = {k: v.copy() for k, v in model.params.items()}
+    for bad, error, match in ((0.0, ValueError, "positive finite"), (-2.0, ValueError, "positive finite"),
+                              (np.inf, ValueError, "positive finite"), ("2", TypeError, "positive number"),
+                              (1e39, ValueError, "would overflow float32"),
+                              (1e38, ValueError, "largest node parameter is 10; .*at most 3.4")):
+        with pytest.raises(error, match=match):
+            model.sharpen(bad)
+    for name, value in before.items():
+        np.testing.assert_array_equal(model.params[name], value)
+    model.sharpen(1e30)  # representable: the largest node parameter is 10
+    assert np.isfinite(model.params["node_weights"]).all()

@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine, tree
-from .._validation import check_fits_in_memory, check_positive_int, check_probability, format_bytes
+from .._validation import (check_fits_in_memory, check_positive_float, check_positive_int, check_probability,
+                           format_bytes)
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
 
@@ -377,6 +378,31 @@ class FFF(Model):
         if logits.size == 0:
             return 0.0
         return float(bernoulli_entropy(logits).mean(dtype=np.float64))
+
+    def sharpen(self, factor: float) -> FFF:
+        """Multiply every node's weights and bias by ``factor`` > 0, in place; returns the model.
+
+        A node's logit is multiplied by ``factor``, so its sign, and with it hard routing (``route``,
+        ``predict``), does not change, while the soft decisions ``σ(factor · z)`` move towards 0 or 1
+        (``factor`` > 1) or towards 1/2 (``factor`` < 1): ``predict_soft`` approaches ``predict`` as the
+        factor grows. A power of two is exact in floating point (barring overflow and underflow), so routes
+        stay identical bit for bit; another factor rounds the products, which can flip a logit within a
+        rounding error of 0. ``fffcpu.train(..., sharpening=...)`` calls this after every epoch, so that the
+        soft model being trained becomes the hard one.
+
+        Raises ``ValueError`` (model unchanged) if ``factor`` is not a positive finite number or would make
+        a node parameter overflow the model's dtype.
+        """
+        factor = check_positive_float(factor, "factor")
+        p, top = self.params, float(np.finfo(self.dtype).max)
+        largest = max((float(np.abs(p[k]).max()) for k in ("node_weights", "node_biases") if p[k].size), default=0.0)
+        if factor > top or largest * factor > top:
+            raise ValueError(f"sharpening by {factor:g} would overflow {self.dtype}: the largest node parameter "
+                             f"is {largest:g}; factor must be at most {top / max(largest, 1.0):g}")
+        for name in ("node_weights", "node_biases"):
+            p[name] *= p[name].dtype.type(factor)
+        self._cache = None  # the last forward's logits no longer belong to these weights
+        return self
 
     def backward(self, dy, *, hardening: float = 0.0, input_grad: bool = True):
         """Hand-written backprop of the last ``forward`` (spec §1), filling ``grads``.
