@@ -23,12 +23,14 @@ def _median_seconds(f, repeats: int = 7) -> float:
 
 
 def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdout) -> dict:
-    """Train a dense FF of width 128 and two FFFs of training width 128 on digits and compare them.
+    """Train a dense FF of width 128 and three FFFs of training width 128 on digits and compare them.
 
-    Both FFFs have depth 4 and leaf width 8 (16 leaves of 8 neurons). The first is trained soft with the
+    The FFFs have depth 4 and leaf width 8 (16 leaves of 8 neurons). The first is trained soft with the
     hardening term (h = 1), the paper's recipe; the second is trained hard with straight-through gradients
-    through the node decisions. Each is evaluated soft (all leaves mixed) and hard (one leaf per input, as
-    deployed), with the number of leaves the test images actually reach.
+    through the node decisions; the third is trained soft with the hardening weight ramped up to 1 and its
+    node parameters sharpened 4096x over the epochs (``train(..., sharpening=...)``). Each is evaluated soft
+    (all leaves mixed) and hard (one leaf per input, as deployed), with the number of leaves the test images
+    actually reach.
 
     Returns
     -------
@@ -37,23 +39,28 @@ def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdo
     """
     from . import FF, FFF, train
     from .datasets import load_digits, train_test_split
+    from .train import linear_ramp, sharpening_ramp
 
     X, y = load_digits()
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, seed=seed)
     print(f"digits: {len(X_train)} training and {len(X_test)} test images of 8x8 pixels, 10 classes\n", file=out)
 
-    models = {
-        "FF width 128": (FF(64, 128, 10, seed=seed), 0.0),
-        "FFF soft + hardening": (FFF(64, 8, 10, 4, seed=seed), 1.0),
-        "FFF hard, straight-through": (FFF(64, 8, 10, 4, train_hardened=True, straight_through=True, seed=seed), 0.0),
+    models = {  # name: (model, hardening, sharpening)
+        "FF width 128": (FF(64, 128, 10, seed=seed), 0.0, None),
+        "FFF soft + hardening": (FFF(64, 8, 10, 4, seed=seed), 1.0, None),
+        "FFF hard, straight-through": (FFF(64, 8, 10, 4, train_hardened=True, straight_through=True, seed=seed),
+                                       0.0, None),
+        "FFF soft, sharpened": (FFF(64, 8, 10, 4, seed=seed), linear_ramp(1.0, epochs),
+                                sharpening_ramp(4096.0, epochs)),
     }
     batch = np.ascontiguousarray(np.resize(X_test, (4096, 64)), dtype=np.float32)
     figures = {}
-    for name, (model, hardening) in models.items():
-        print(f"training {name} ({model.training_width} neurons" + (f", hardening weight {hardening}" if hardening
-              else "") + ") ...", file=out)
+    for name, (model, hardening, sharpening) in models.items():
+        how = (", hardening weight ramped to 1, nodes sharpened 4096x" if sharpening else
+               f", hardening weight {hardening}" if hardening else "")
+        print(f"training {name} ({model.training_width} neurons{how}) ...", file=out)
         train(model, X_train, y_train, lr=1e-2, epochs=epochs, batch_size=64, hardening=hardening, seed=seed,
-              progress=progress)
+              sharpening=sharpening, progress=progress)
         is_tree = isinstance(model, FFF)
         figures[name] = {
             "accuracy_soft": float(np.mean(model.predict_soft(X_test).argmax(axis=1) == y_test)),
@@ -82,10 +89,10 @@ def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdo
         f"\nAn FFF touches {st['neurons_per_input']} neurons per input (4 routing nodes + one leaf of 8) where the "
         f"FF touches {ff['neurons_per_input']}.\n'soft' mixes all 16 leaves (training); 'hard' evaluates one "
         "(deployment). Soft training\ncan leave routing undecided or send most inputs to a few leaves, so hard "
-        "accuracy lags;\ntraining hard with straight-through gradients trains the model that is deployed. "
-        "Throughput: hard inference, "
-        "float32, batch 4096;\non 64-pixel inputs a 128-neuron layer is too small for routing to pay "
-        "(docs/benchmarks.md has large layers).",
+        "accuracy lags;\ntraining hard with straight-through gradients trains the model that is deployed, and "
+        "sharpening\nthe nodes while training soft turns the soft model into it (soft = hard).\n"
+        "Throughput: hard inference, float32, batch 4096; on 64-pixel inputs a 128-neuron layer is too small\n"
+        "for routing to pay (docs/benchmarks.md has large layers).",
         file=out,
     )
     return figures

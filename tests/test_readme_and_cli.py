@@ -40,8 +40,9 @@ def test_demo_prints_the_comparison_table():
     ff = next(line for line in lines if line.startswith("FF width 128"))
     soft = next(line for line in lines if line.startswith("FFF soft + hardening"))
     hard = next(line for line in lines if line.startswith("FFF hard, straight-through"))
+    sharp = next(line for line in lines if line.startswith("FFF soft, sharpened"))
     assert "128 of 128" in ff
-    for row in (soft, hard):
+    for row in (soft, hard, sharp):
         assert "12 of 143" in row and re.search(r"\b\d+ of 16\b", row)  # neurons per input, leaves used
         assert len(re.findall(r"\d+\.\d%", row)) == 2  # soft and hard accuracy
 

@@ -47,6 +47,7 @@ def test_runs_cover_the_grid_and_select_on_validation(pieces):
         for w, leaf in [(16, None), (16, 8), (16, 1), (128, None), (128, 8), (128, 1)]:
             assert (d, w, leaf, "paper") in cells and (d, w, leaf, "tuned") in cells
             assert ((d, w, leaf, "paper_mean") in cells) == (leaf is not None)
+            assert ((d, w, leaf, "sharpened") in cells) == (leaf is not None)
     for r in results:
         assert 0 <= r["test_hard"] <= 100 and 0 <= r["test_soft"] <= 100
         # the reported epoch is the one with the best hard validation accuracy
@@ -63,6 +64,16 @@ def test_runs_cover_the_grid_and_select_on_validation(pieces):
     anneal = [r for r in results if r["anneal"]]
     assert anneal and all(r["leaf"] is not None and len(r["curves"]["entropy"]) == r["epochs"] for r in anneal)
     assert all(not r["anneal"] for r in results if r["leaf"] is None)
+    # sharpened: soft training, h ramped over all epochs, node scale multiplied by the protocol's total in all
+    lr, h, total = TINY.sharpened
+    sharp = [r for r in results if r["recipe"] == "sharpened"]
+    assert len(sharp) == 2 * len(TINY.datasets) * 4  # 2 seeds × 2 datasets × 4 FFF configurations
+    for r in sharp:
+        assert (r["optimizer"], r["lr"], r["hardening"], r["sharpening"]) == ("adam", lr, ("mean", h), total)
+        assert not r["train_hardened"] and not r["anneal"] and r["ramp_all"]
+        assert r["curves"]["node_scale"][-1] == pytest.approx(total)
+    assert all(r["sharpening"] is None and "node_scale" not in r["curves"] for r in results
+               if r["recipe"] != "sharpened" and r["recipe"] != "hardening")
     # the tuned grid point of seeds >= 1 is the one seed 0 chose on validation
     tuned = [r for r in results if r["recipe"] == "tuned" and r["dataset"] == "digits" and r["width"] == 16
              and r["leaf"] == 8]
@@ -116,6 +127,11 @@ def test_document_tables_and_numbers(pieces):
     assert cell in line and line.rstrip().endswith("99.3 / 94.9 |")
     sel = summary[("mnist5k", 128, 8, "selected")]
     assert f"{sel['gap']:+.1f} ({sel['recipe']})" in line
+    sharp = summary[("mnist5k", 128, 8, "sharpened")]
+    assert f"{sharp['test_hard']:.1f} ± {sharp['test_hard_sd']:.1f} ({sharp['best']['test_hard']:.1f}) | " \
+           f"{sharp['gap']:+.1f} | {sel['gap']:+.1f}" in line
+    n_close = sum(abs(v["gap"]) <= 1.0 for k, v in summary.items() if k[3] == "sharpened")
+    assert f"**Sharpening during training closes the gap.**" in md and f"{n_close} of 8 FFF configurations" in md
     assert lines  # rows of FF and FFF exist
     # the conversion of the paper's weight is spelled out
     assert "d=4: 11,520" in md
