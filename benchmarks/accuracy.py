@@ -67,6 +67,12 @@ def paper_to_mean(h_paper: float, depth: int, batch_size: int = PAPER_BATCH) -> 
 
 
 # ------------------------------------------------------------------------------------------------- protocol
+# The sharpened recipe, fixed for every FFF: (Adam lr, hardening weight ramped linearly from 0 over all epochs,
+# total factor by which the node parameters are sharpened, geometrically over all epochs); also a hardening schedule.
+SHARPENED = (1e-2, 1.0, 4096.0)
+SHARPENED_SCHEDULE = "soft, h ramped to 1, nodes sharpened 4096x"
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     """Everything that decides what is trained; ``FULL`` and ``QUICK`` below are the two shipped ones."""
@@ -80,9 +86,7 @@ class Protocol:
     # The tuned alternative: Adam, and a grid chosen per configuration on the validation split (seed 0):
     # (lr, hardening as a mean weight, mode: False soft, True straight-through hard, "anneal" see make_task).
     tuned_grid: tuple = ((3e-3, 3.0, True), (1e-2, 3.0, True), (1e-2, 1.0, "anneal"), (3e-3, 3.0, "anneal"))
-    # The sharpened recipe, fixed for every FFF: (Adam lr, hardening weight ramped linearly from 0 over all epochs,
-    # total factor by which the node parameters are sharpened, geometrically over all epochs).
-    sharpened: tuple = (1e-2, 1.0, 4096.0)
+    sharpened: tuple = SHARPENED
     study_dataset: str = "mnist5k"
     study_configs: tuple = ((16, 1), (32, 1), (64, 1), (128, 1), (64, 2), (128, 2))
     study_variants: tuple = ("paper", "h mean 3", "h mean 0.3", "region leak 0.1", "leak + h mean 3",
@@ -92,7 +96,7 @@ class Protocol:
     hardening_configs: tuple = (("mnist5k", 128, 8), ("mnist5k", 32, 2), ("mnist5k", 32, 1), ("digits", 32, 2),
                                 ("digits", 32, 1))
     hardening_schedules: tuple = ("anneal → ST, h 1", "anneal → ST, h 1 → 100", "soft, h ramped to 30",
-                                  "soft, h ramped to 100", "soft, h ramped to 1, nodes sharpened 4096x")
+                                  "soft, h ramped to 100", SHARPENED_SCHEDULE)
     max_train: int | None = None  # subsample the training part (tests)
     speed_budget: float = 1.0  # seconds of timing per model
 
@@ -106,7 +110,7 @@ QUICK = Protocol(
     tuned_grid=((3e-3, 3.0, True), (1e-2, 1.0, "anneal")), study_configs=((32, 1), (128, 1)),
     study_variants=("paper", "h mean 3", "leak + h mean 3", "localized + h mean 3", "straight-through + h mean 3"),
     hardening_configs=(("digits", 32, 1),),
-    hardening_schedules=("anneal → ST, h 1", "soft, h ramped to 100", "soft, h ramped to 1, nodes sharpened 4096x"),
+    hardening_schedules=("anneal → ST, h 1", "soft, h ramped to 100", SHARPENED_SCHEDULE),
     speed_budget=0.5,
 )
 
@@ -120,7 +124,7 @@ HARDENING_SCHEDULES = {
     "anneal → ST, h 1 → 100": {"anneal": True, "h": 1.0, "final": 100.0},
     "soft, h ramped to 30": {"ramp": True, "h": 30.0},
     "soft, h ramped to 100": {"ramp": True, "h": 100.0},
-    "soft, h ramped to 1, nodes sharpened 4096x": {"ramp": True, "h": 1.0, "sharpen": 4096.0},
+    SHARPENED_SCHEDULE: {"ramp": True, "h": SHARPENED[1], "sharpen": SHARPENED[2]},
 }
 
 # The study's variants: changes to the paper's recipe (SGD lr 0.2, h = 3.0 on the sum), one remedy at a time.
