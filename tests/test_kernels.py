@@ -78,6 +78,34 @@ def test_leaf_widths_and_input_widths_around_block_edges(leaf_width, input_width
         np.testing.assert_array_equal(y, outs["serial"])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("leaf_width", [3, 16, 20])
+def test_leaf_tiles_in_any_split_give_the_per_sample_bits(leaf_width, dtype):
+    # The grouped evaluation prefetches, while one tile computes, the next tile's input rows and (at a leaf's
+    # first tile) the next leaf's W1; leaves with several tiles, single-sample tiles, unreached leaves and runs
+    # split at every tile boundary must all give the bits of evaluating each sample on its own.
+    model, rng = random_model(4, dtype, leaf_width=leaf_width, input_width=70)
+    p = model.params
+    x = rng.normal(size=(400, 70)).astype(dtype)
+    leaves = np.concatenate([np.full(30, 3), rng.integers(0, model.n_leaves, 360), [15, 0, 7, 7, 9, 1, 1, 1, 2, 14]])
+    leaves[leaves == 5] = 6  # an unreached leaf
+    act = kernels.ACTIVATION_CODES["relu"]
+    expected = np.empty((len(x), model.output_width), dtype)
+    kernels._eval_leaves_serial(x, leaves, p["w1s"], p["b1s"], p["w2s"], p["b2s"], act, expected)
+    order = kernels._leaf_order(leaves, model.n_leaves)
+    starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+    assert np.bincount(leaves, minlength=model.n_leaves).max() > kernels.TILE and np.any(np.diff(starts) == 1)
+    got = np.full_like(expected, np.nan)
+    kernels._eval_tiles_serial(x, order, starts, tile_leaf, p["w1s"], p["b1s"], p["w2s"], p["b2s"], act, got)
+    np.testing.assert_array_equal(got, expected)
+    for n_chunks in (2, 3, 7, len(tile_leaf)):
+        got = np.full_like(expected, np.nan)
+        kernels._eval_tiles_parallel(x, order, starts, tile_leaf, p["w1s"], p["b1s"], p["w2s"], p["b2s"], act, got,
+                                     n_chunks)
+        np.testing.assert_array_equal(got, expected, err_msg=f"{n_chunks} chunks")
+    np.testing.assert_allclose(expected, model._hard_outputs_reference(x, leaves), **TOL[dtype])
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])
 def test_every_activation_against_naive(activation):
     model, rng = random_model(4, "float64", activation=activation, leaf_width=19)

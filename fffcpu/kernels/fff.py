@@ -50,6 +50,8 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # written here, identical in every kernel that calls these blocks.
 
 LANES = 16
+#: Bytes of a cache line (the unit of a prefetch).
+_LINE = 64
 
 
 def _same_c_arrays(*arrays):
@@ -67,20 +69,24 @@ def _splat(builder, value, vty):
 
 
 def _make_hidden_block(n_samples):
-    """Intrinsic ``block(x, rows, start, w, woff, out, ooff, ostride)``: 16 hidden pre-activations (no bias)
+    """Intrinsic ``block(x, rows, start, w, woff, out, ooff, ostride, pf)``: 16 hidden pre-activations (no bias)
     for the ``n_samples`` samples ``rows[start:start + n_samples]``.
 
     For sample t and lane j: ``out[ooff + t*ostride + j] = (p0 + p1) + (p2 + p3)`` with
     ``p_r = Σ_{i ≡ r mod 4} x[row_t, i] * w[woff + i*wstride + j]`` accumulated in increasing i, where
     ``wstride`` is ``w.shape[-1]`` (the leaf width) and ``x`` is C-contiguous (n, n_in). One load of a weight
     row segment serves all the samples.
+
+    With ``pf >= 0``, the step that reads row i also prefetches (into L2) the line at ``w[pf + i*wstride]``: the
+    same row segment of the leaf evaluated next, which then streams in from memory one line per row while this
+    block computes. A prefetch changes no result.
     """
 
     @intrinsic
-    def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride):
+    def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf):
         if not _same_c_arrays(x, w, out):
             return None  # a typing error: the raw-pointer code below needs C-contiguous arrays of one dtype
-        sig = types.void(x, rows, start, w, woff, out, ooff, ostride)
+        sig = types.void(x, rows, start, w, woff, out, ooff, ostride, pf)
 
         def codegen(context, builder, signature, args):
             tys = signature.args
@@ -88,7 +94,7 @@ def _make_hidden_block(n_samples):
             ra = context.make_array(tys[1])(context, builder, args[1])
             wa = context.make_array(tys[3])(context, builder, args[3])
             oa = context.make_array(tys[5])(context, builder, args[5])
-            start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
+            start_, woff_, ooff_, ostride_, pf_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7, 8))
             intp = context.get_value_type(types.intp)
             n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
             wshape = cgutils.unpack_tuple(builder, wa.shape, tys[3].ndim)
@@ -113,7 +119,12 @@ def _make_hidden_block(n_samples):
 
             four = ir.Constant(intp, 4)
             n4 = builder.mul(builder.sdiv(n_in, four), four)
+            prefetching = builder.icmp_signed(">=", pf_, ir.Constant(intp, 0))
             with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n4, four, intp) as (i, _):
+                with builder.if_then(prefetching):
+                    for r in range(4):
+                        row = builder.mul(builder.add(i, ir.Constant(intp, r)), wstride)
+                        _prefetch_l2(builder, builder.gep(wa.data, [builder.add(pf_, row)]))
                 for r in range(4):
                     step(builder.add(i, ir.Constant(intp, r)), r)
             rem = builder.sub(n_in, n4)
@@ -130,6 +141,35 @@ def _make_hidden_block(n_samples):
         return sig, codegen
 
     return hidden_block
+
+
+def _prefetch_l2(builder, pointer):
+    """IR of a read prefetch of the cache line holding ``pointer`` into L2 (``llvm.prefetch``, locality 2)."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                        "llvm.prefetch.p0i8")
+    builder.call(fn, [builder.bitcast(pointer, i8p), i32(0), i32(2), i32(1)])
+
+
+@intrinsic
+def _prefetch_row(typingctx, x, row):
+    """Prefetch into L2 every cache line of row ``row`` of the C-contiguous 2-D array ``x``."""
+    if not (isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and isinstance(row, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        r = context.cast(builder, args[1], signature.args[1], types.intp)
+        intp = context.get_value_type(types.intp)
+        n_in = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        start = builder.mul(r, n_in)
+        step = ir.Constant(intp, max(1, _LINE // context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))))
+        with cgutils.for_range_slice(builder, start, builder.add(start, n_in), step, intp) as (i, _):
+            _prefetch_l2(builder, builder.gep(xa.data, [i]))
+        return context.get_dummy_value()
+
+    return types.none(x, row), codegen
 
 
 _hidden_block1 = _make_hidden_block(1)
@@ -276,13 +316,14 @@ def _route_pair(x, s0, s1, node_weights, node_biases, depth, leaves):
 
 
 @njit(cache=True, nogil=True)
-def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, out):
+def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf=-1):
     """Outputs of ``leaf`` for the samples ``order[start:stop]`` (at most ``TILE``), written to their rows of ``out``.
 
     ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
     per-thread scratch; nothing outside the tile's own output rows is written. Narrow leaves go through the
     16-lane blocks, wide ones through loops long enough for Numba's own vectorizer; both sum in the order of
-    the module docstring.
+    the module docstring. With ``next_leaf >= 0``, the blocks' first pass over W1 prefetches the same rows of
+    W1 of ``next_leaf`` (narrow leaves only).
     """
     n_in = x.shape[1]
     width = w1s.shape[2]
@@ -294,12 +335,15 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         w16 = width - width % LANES
         leaf_off = leaf * n_in * width
         for jb in range(0, w16, LANES):
+            pf = next_leaf * n_in * width + jb if next_leaf >= 0 else -1
             t = 0
             while t + 4 <= count:
-                _hidden_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width)
+                _hidden_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
+                pf = -1
                 t += 4
             while t < count:
-                _hidden_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width)
+                _hidden_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
+                pf = -1
                 t += 1
         if w16 < width:  # the last width % 16 units, one at a time, same arithmetic as the blocks
             for t in range(count):
@@ -350,11 +394,18 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         y = out[order[start + t]]
         # One register accumulator per output (a store into ``y`` inside the j loop would be reloaded on every
         # step: LLVM cannot prove that ``y`` does not alias ``h`` or ``w2s``). Same order: 0, then increasing j.
-        for k in range(n_out):
-            acc = zero
-            for j in range(width):
-                acc += h[j] * w2s[leaf, j, k]
-            y[k] = acc + b2s[leaf, k]
+        if width == LANES:  # the same sums with a constant trip count, which LLVM unrolls (16-unit leaves)
+            for k in range(n_out):
+                acc = zero
+                for j in range(LANES):
+                    acc += h[j] * w2s[leaf, j, k]
+                y[k] = acc + b2s[leaf, k]
+        else:
+            for k in range(n_out):
+                acc = zero
+                for j in range(width):
+                    acc += h[j] * w2s[leaf, j, k]
+                y[k] = acc + b2s[leaf, k]
 
 
 @njit(cache=True, nogil=True)
@@ -465,11 +516,30 @@ def _make_tiles(leaves, order, tile):
 
 
 @njit(cache=True, nogil=True)
+def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act, part, hid, out):
+    """Tiles ``lo:hi`` in turn, with the memory each is about to need streaming in while the one before it
+    computes: the input rows of the next tile are prefetched when a tile starts, and the first tile of each leaf
+    prefetches the W1 of the next leaf as it reads its own (``_eval_tile``'s ``next_leaf``)."""
+    for q in range(lo, hi):
+        leaf = tile_leaf[q]
+        if q + 1 < hi:
+            for k in range(starts[q + 1], starts[q + 2]):
+                _prefetch_row(x, order[k])
+        next_leaf = -1
+        if q == lo or tile_leaf[q - 1] != leaf:
+            r = q + 1
+            while r < hi and tile_leaf[r] == leaf:
+                r += 1
+            if r < hi:
+                next_leaf = tile_leaf[r]
+        _eval_tile(x, order, starts[q], starts[q + 1], leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf)
+
+
+@njit(cache=True, nogil=True)
 def _eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out):
     width = w1s.shape[2]
     part, hid = _scratch(x, TILE, width)
-    for q in range(tile_leaf.shape[0]):
-        _eval_tile(x, order, starts[q], starts[q + 1], tile_leaf[q], w1s, b1s, w2s, b2s, act, part, hid, out)
+    _eval_tile_run(x, order, starts, tile_leaf, 0, tile_leaf.shape[0], w1s, b1s, w2s, b2s, act, part, hid, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -482,8 +552,7 @@ def _eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, o
         lo = c * n_tiles // n_chunks
         hi = (c + 1) * n_tiles // n_chunks
         part, hid = _scratch(x, TILE, width)
-        for q in range(lo, hi):
-            _eval_tile(x, order, starts[q], starts[q + 1], tile_leaf[q], w1s, b1s, w2s, b2s, act, part, hid, out)
+        _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act, part, hid, out)
 
 
 @njit(cache=True, nogil=True)
