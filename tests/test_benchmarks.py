@@ -47,3 +47,37 @@ def test_runner_writes_report(tmp_path, monkeypatch):
         assert needle in text, needle
     assert (tmp_path / "benchmarks_inference.png").exists()
     assert "benchmarks.training" in runner.MODULES and "benchmarks.inference" in runner.MODULES
+
+
+def test_read_leaves_reads_exactly_the_given_leaves():
+    import numpy as np
+
+    import fffcpu
+
+    p = fffcpu.FFF(20, 4, 3, 3, dtype="float32", seed=0).params
+    leaves = np.array([0, 2, 5, 7])
+    expected = sum(float(p[k][leaves].astype(np.float64).sum()) for k in ("w1s", "b1s", "w2s", "b2s"))
+    for threads in (1, 2, 3):
+        got = inference.read_leaves(p["w1s"], p["b1s"], p["w2s"], p["b2s"], leaves, threads)
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    assert inference.read_leaves(p["w1s"], p["b1s"], p["w2s"], p["b2s"], leaves[:0], 2) == 0
+
+
+def test_breakdown_of_a_large_batch_times_every_part_and_renders_the_floor():
+    import numpy as np
+
+    import fffcpu
+
+    model = fffcpu.FFF(inference.INPUT_WIDTH, 16, inference.OUTPUT_WIDTH, 3, dtype="float32", seed=0)
+    rng = np.random.default_rng(0)
+    pool = [rng.standard_normal((64, inference.INPUT_WIDTH), dtype=np.float32) for _ in range(2)]
+    parts = inference.breakdown(model, pool, 2, 0.02)
+    for key in ("call", "route", "leaves", "read"):
+        assert parts[key] > 0, key
+    distinct = np.mean([len(np.unique(model.route(x))) for x in pool])
+    assert parts["leaf_bytes"] == pytest.approx(distinct * inference.leaf_nbytes(16))
+    assert parts["dots"] == 64 * 3
+    row = {"width": 128, "depth": 3, "leaf": 16, "batch": 64, "parts": parts, "t_dense": 1.0}
+    text = inference.breakdown_table([row], 40e9)
+    floor = parts["route"] + parts["read"]
+    assert f"{floor * 1e3:.2f} ms" in text and "only read in" in text
