@@ -52,6 +52,11 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 LANES = 16
 #: Bytes of a cache line (the unit of a prefetch).
 _LINE = 64
+#: The grouped evaluation prefetches the next leaf's W1 while it evaluates a leaf when W1 is at most this large:
+#: two leaves then sit well within a 1 MiB L2 (a 784 x 16 float32 W1 is 49 KiB). Larger leaves are left to the
+#: hardware prefetcher (measured: prefetching 392 KiB leaves, 784 x 128, made the leaf evaluation of a depth-9 tree
+#: at batch 4096 10% slower).
+PREFETCH_LEAF_BYTES = 128 * 1024
 
 
 def _same_c_arrays(*arrays):
@@ -519,14 +524,16 @@ def _make_tiles(leaves, order, tile):
 def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act, part, hid, out):
     """Tiles ``lo:hi`` in turn, with the memory each is about to need streaming in while the one before it
     computes: the input rows of the next tile are prefetched when a tile starts, and the first tile of each leaf
-    prefetches the W1 of the next leaf as it reads its own (``_eval_tile``'s ``next_leaf``)."""
+    prefetches the W1 of the next leaf as it reads its own (``_eval_tile``'s ``next_leaf``) when a leaf's W1 is
+    at most ``PREFETCH_LEAF_BYTES``."""
+    prefetch_leaves = w1s.shape[1] * w1s.shape[2] * w1s.itemsize <= PREFETCH_LEAF_BYTES
     for q in range(lo, hi):
         leaf = tile_leaf[q]
         if q + 1 < hi:
             for k in range(starts[q + 1], starts[q + 2]):
                 _prefetch_row(x, order[k])
         next_leaf = -1
-        if q == lo or tile_leaf[q - 1] != leaf:
+        if prefetch_leaves and (q == lo or tile_leaf[q - 1] != leaf):
             r = q + 1
             while r < hi and tile_leaf[r] == leaf:
                 r += 1
