@@ -48,6 +48,9 @@ PARALLEL_MIN_BATCH = 32
 #: 1 MiB L2 (AMD Zen 4); the top of the tree takes about as much again.
 SUBTREE_CACHE_BYTES = 512 * 1024
 
+#: Inputs per task of the parallel per-input inference kernel (each task allocates its path buffers once).
+PREDICT_CHUNK = 16
+
 #: Batches from this size on run the grouped forward (``_forward_grouped``) rather than the per-input kernel.
 GROUPED_MIN_BATCH = 256
 
@@ -442,14 +445,17 @@ def _predict_serial(x, w_in, b_in, w_out, code, y):
 
 @njit(cache=True, parallel=True)
 def _predict_parallel(x, w_in, b_in, w_out, code, y):
+    """The inputs in chunks of ``PREDICT_CHUNK``, one path buffer per chunk (not one allocation per input)."""
+    n = x.shape[0]
     trees, n_nodes = b_in.shape
     levels = _levels(n_nodes)
-    for b in prange(x.shape[0]):
+    for c in prange((n + PREDICT_CHUNK - 1) // PREDICT_CHUNK):
         nodes_b = np.empty((trees, levels), dtype=np.int64)
         logits_b = np.empty((trees, levels), dtype=y.dtype)
         acts_b = np.empty((trees, levels), dtype=y.dtype)
-        _walk_one(x[b], w_in, b_in, code, nodes_b, logits_b, acts_b)
-        _path_output(y[b], w_out, nodes_b, acts_b)
+        for b in range(c * PREDICT_CHUNK, min(n, (c + 1) * PREDICT_CHUNK)):
+            _walk_one(x[b], w_in, b_in, code, nodes_b, logits_b, acts_b)
+            _path_output(y[b], w_out, nodes_b, acts_b)
 
 
 @njit(cache=True)
