@@ -65,7 +65,8 @@ def median_time(fn, *, min_seconds=0.3, max_repeats=200, min_repeats=3):
 def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, timing_seconds=2e-3, settle=None):
     """Median time per call of each of ``fns`` (name -> callable), measured in rounds that call every function
     in turn, so that a change of the machine's load hits all of them alike. A function faster than
-    ``timing_seconds`` is called several times per timing (the clock's resolution and the loop's overhead).
+    ``timing_seconds`` (judged by the fastest of three probe calls) is called several times per timing (the clock's
+    resolution and the loop's overhead).
     After each timing the process sleeps ``settle`` seconds (default ``common.SETTLE_S``; not counted), so that
     the idle OpenBLAS threads or OpenMP workers of the previous function have stopped spinning before the next
     function runs; a function whose timing spans several calls then makes untimed calls for ``common.WARM_S``
@@ -76,9 +77,12 @@ def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, tim
     inner = {}
     for name, fn in fns.items():
         fn()
-        t0 = time.perf_counter()
-        fn()
-        inner[name] = max(1, min(1000, int(timing_seconds / max(time.perf_counter() - t0, 1e-9))))
+        probe = []
+        for _ in range(3):  # the fastest of three: one call that stalls must not set the calls per timing
+            t0 = time.perf_counter()
+            fn()
+            probe.append(time.perf_counter() - t0)
+        inner[name] = max(1, min(1000, int(timing_seconds / max(min(probe), 1e-9))))
     times = {name: [] for name in fns}
     started = time.perf_counter()
     rounds = 0
