@@ -169,7 +169,8 @@ def _prefetch_row(typingctx, x, row):
         intp = context.get_value_type(types.intp)
         n_in = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
         start = builder.mul(r, n_in)
-        step = ir.Constant(intp, max(1, _LINE // context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))))
+        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        step = ir.Constant(intp, max(1, _LINE // itemsize))
         with cgutils.for_range_slice(builder, start, builder.add(start, n_in), step, intp) as (i, _):
             _prefetch_l2(builder, builder.gep(xa.data, [i]))
         return context.get_dummy_value()
