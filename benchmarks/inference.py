@@ -453,7 +453,7 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
         "on this machine. The table gives, for the target points, the bytes an fffcpu call must at least read (the "
         "distinct leaves' weights, the node rows, the input), the time that takes at that bandwidth, and the speedup "
         "that time would give over the measured dense and torch-package times: a target above its bound cannot be "
-        "met by any kernel on this machine. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only. Python-level call overhead (checks, dispatch, allocation: measured below) is not in the bound and matters at batch 1.",
+        "met by a kernel that reads these bytes from memory. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only; larger ones can too, in part, when the leaves a call reaches overlap with those of the calls just before it (the \"only read\" column of the breakdown below shows how fast those bytes come in practice). Python-level call overhead (checks, dispatch, allocation: measured below) is not in the bound and matters at batch 1.",
         "",
         bounds(rows, bandwidth, use_torch),
     ]
