@@ -4,7 +4,10 @@ No timing assertions (timings depend on the machine and its load)."""
 import os
 import sys
 
+import numpy as np
 import pytest
+
+import fffcpu
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,10 +53,6 @@ def test_runner_writes_report(tmp_path, monkeypatch):
 
 
 def test_read_leaves_reads_exactly_the_given_leaves():
-    import numpy as np
-
-    import fffcpu
-
     p = fffcpu.FFF(20, 4, 3, 3, dtype="float32", seed=0).params
     leaves = np.array([0, 2, 5, 7])
     expected = sum(float(p[k][leaves].astype(np.float64).sum()) for k in ("w1s", "b1s", "w2s", "b2s"))
@@ -64,10 +63,6 @@ def test_read_leaves_reads_exactly_the_given_leaves():
 
 
 def test_breakdown_of_a_large_batch_times_every_part_and_renders_the_floor():
-    import numpy as np
-
-    import fffcpu
-
     model = fffcpu.FFF(inference.INPUT_WIDTH, 16, inference.OUTPUT_WIDTH, 3, dtype="float32", seed=0)
     rng = np.random.default_rng(0)
     pool = [rng.standard_normal((64, inference.INPUT_WIDTH), dtype=np.float32) for _ in range(2)]
