@@ -2,6 +2,7 @@
 
 import threading
 
+import numba
 import numpy as np
 import pytest
 
@@ -65,7 +66,7 @@ def test_every_path_matches_reference(depth, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("leaf_width", [1, 15, 16, 31, 48, kernels.WIDE - 1, kernels.WIDE, kernels.WIDE + 19])
+@pytest.mark.parametrize("leaf_width", [1, 2, 4, 8, 15, 16, 31, 48, kernels.WIDE - 1, kernels.WIDE, kernels.WIDE + 19])
 @pytest.mark.parametrize("input_width", [1, 3, 4, 5, 16, 47, 63, 64, 80, 112, 130, 784])
 def test_leaf_widths_and_input_widths_around_block_edges(leaf_width, input_width, dtype):
     model, rng = random_model(3, dtype, leaf_width=leaf_width, input_width=input_width)
@@ -79,7 +80,7 @@ def test_leaf_widths_and_input_widths_around_block_edges(leaf_width, input_width
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("leaf_width", [3, 16, 20])
+@pytest.mark.parametrize("leaf_width", [3, 4, 16, 20])
 def test_leaf_tiles_in_any_split_give_the_per_sample_bits(leaf_width, dtype):
     # The grouped evaluation prefetches, while one tile computes, the next tile's input rows and (at a leaf's
     # first tile) the next leaf's W1; leaves with several tiles, single-sample tiles, unreached leaves and runs
@@ -104,6 +105,60 @@ def test_leaf_tiles_in_any_split_give_the_per_sample_bits(leaf_width, dtype):
                                      n_chunks)
         np.testing.assert_array_equal(got, expected, err_msg=f"{n_chunks} chunks")
     np.testing.assert_allclose(expected, model._hard_outputs_reference(x, leaves), **TOL[dtype])
+
+
+def narrow_order(x, w1):
+    """The pre-activations of a leaf 1, 2, 4 or 8 units wide summed in the order ``kernels._make_narrow_block``
+    documents, one IEEE operation at a time in the dtype of ``x`` (NumPy's elementwise ops do not fuse)."""
+    n_in, w = w1.shape
+    dt = x.dtype.type
+    rows = 16 * (n_in // 16)
+    run_x, run_w = np.repeat(x[:rows], w), w1[:rows].reshape(-1)  # flat run f = i*w + j
+    acc = np.zeros((4, 16), x.dtype)
+    for c in range(len(run_x) // 16):
+        acc[c % 4] = acc[c % 4] + run_x[16 * c:16 * c + 16] * run_w[16 * c:16 * c + 16]
+    v = (acc[0] + acc[1]) + (acc[2] + acc[3])
+    out = np.empty(w, x.dtype)
+    for j in range(w):
+        lanes = list(v[j::w])
+        while len(lanes) > 1:
+            lanes = [dt(lanes[k] + lanes[k + 1]) for k in range(0, len(lanes), 2)]
+        total = lanes[0]
+        for i in range(rows, n_in):
+            total = dt(total + dt(x[i] * w1[i, j]))
+        out[j] = total
+    return out
+
+
+@numba.njit
+def _dots_with_column(x, w):
+    n = x.shape[1]
+    return np.array([kernels._dot(x, s * n, w, 0, n) for s in range(x.shape[0])])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("leaf_width", kernels.NARROW)
+def test_narrow_leaves_sum_in_the_documented_order(leaf_width, dtype):
+    # Identity activation, W2 = I and zero biases, so that each output is one hidden pre-activation exactly
+    rng = np.random.default_rng(leaf_width)
+    for n_in in (1, 3, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 80, 100, 784):
+        n, n_leaves = 13, 3
+        w1s = rng.normal(size=(n_leaves, n_in, leaf_width)).astype(dtype)
+        w2s = np.repeat(np.eye(leaf_width, dtype=dtype)[None], n_leaves, axis=0)
+        b1s, b2s = np.zeros((n_leaves, leaf_width), dtype), np.zeros((n_leaves, leaf_width), dtype)
+        x = rng.normal(size=(n, n_in)).astype(dtype)
+        leaves = np.array([0, 0, 0, 0, 0, 1, 2, 2, 0, 1, 1, 1, 1])  # tiles of 4 and of 1 sample
+        order = kernels._leaf_order(leaves, n_leaves)
+        starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+        got = np.empty((n, leaf_width), dtype)
+        kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s,
+                                   kernels.ACTIVATION_CODES["identity"], got)
+        expected = np.array([narrow_order(x[s], w1s[leaves[s]]) for s in range(n)])
+        np.testing.assert_array_equal(got, expected, err_msg=f"input width {n_in}")
+        if leaf_width == 1:  # a 1-unit leaf is the node dot product of routing
+            for leaf in range(n_leaves):
+                np.testing.assert_array_equal(got[leaves == leaf, 0],
+                                              _dots_with_column(x, w1s[leaf].reshape(1, -1))[leaves == leaf])
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])

@@ -13,7 +13,8 @@ dispatcher picks and however samples are grouped or split across threads:
 * a node logit is ``_dot(x, w_i)`` (16-lane vector partial sums in a fixed order, see ``_dot``) plus ``b_i``;
 * a leaf hidden unit is ``act(((p0 + p1) + (p2 + p3)) + b1[j])`` where ``p_r = Σ_{i ≡ r (mod 4)} x_i w1[i, j]``
   is accumulated in increasing ``i`` (four interleaved partial sums, so that a single sample has four
-  independent dependency chains);
+  independent dependency chains), except in leaves 1, 2, 4 or 8 units wide (``NARROW``), whose W1 is summed
+  as one flat run of 16-lane vectors (``_make_narrow_block``; for a 1-unit leaf, exactly ``_dot``);
 * an output is ``(Σ_j h_j w2[j, k]) + b2[k]`` accumulated in increasing ``j``.
 
 No ``fastmath`` anywhere: routing ties must match the reference, and contraction into FMA would make the
@@ -30,7 +31,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["ACTIVATION_CODES", "TILE", "WIDE", "LANES"]
+__all__ = ["ACTIVATION_CODES", "TILE", "WIDE", "LANES", "NARROW"]
 
 #: Activation names of ``fffcpu.functional`` → the integer code the kernels branch on.
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "gelu": 2, "tanh": 3, "sigmoid": 4}
@@ -181,6 +182,110 @@ def _prefetch_row(typingctx, x, row):
 _hidden_block1 = _make_hidden_block(1)
 _hidden_block4 = _make_hidden_block(4)
 
+#: Leaf widths below 16 that the narrow blocks vectorize (the divisors of ``LANES``); other widths below 16, and
+#: the last ``width % 16`` units of wider leaves, are summed one unit at a time.
+NARROW = (1, 2, 4, 8)
+
+
+def _make_narrow_block(n_samples, w):
+    """Intrinsic ``block(x, rows, start, w1, woff, out, ooff, ostride)``: the ``w`` hidden pre-activations (no
+    bias) of a leaf ``w`` units wide (``w`` in ``NARROW``) for the ``n_samples`` samples ``rows[start:]``.
+
+    The leaf's W1 (``n_in`` rows of ``w`` weights, from ``w1.ravel()[woff:]``) is read as one flat run,
+    ``f = i*w + j``, 16 elements at a time. For the first ``R = 16*(n_in // 16)`` rows, element f of the run
+    goes to lane ``f % 16`` of accumulator ``(f // 16) % 4`` (four 16-lane accumulators, each lane summing
+    ``x[i] * w1[i, j]`` in increasing f); lane L only ever holds unit ``L % w``. Then
+    ``out[ooff + t*ostride + j] = tree(lanes L ≡ j (mod w) of (q0 + q1) + (q2 + q3))``, the lanes of a unit
+    summed as a pairwise tree in increasing L, plus the rows ``i >= R`` added one by one in increasing i. For
+    ``w == 1`` this is exactly ``_dot``. The input values a 16-element run needs (16/w rows, each repeated w
+    times) come from one vector load of x and a lane shuffle; one load of W1 serves all the samples.
+    """
+    rows_per_vec = LANES // w
+    masks = [[m * rows_per_vec + lane // w for lane in range(LANES)] for m in range(w)]
+    step_rows = LANES * max(1, 4 // w)  # rows per loop step: a whole number of 4-vector blocks of the flat run
+
+    @intrinsic
+    def narrow_block(typingctx, x, rows, start, w1, woff, out, ooff, ostride):
+        if not _same_c_arrays(x, w1, out):
+            return None
+        sig = types.void(x, rows, start, w1, woff, out, ooff, ostride)
+
+        def codegen(context, builder, signature, args):
+            tys = signature.args
+            xa = context.make_array(tys[0])(context, builder, args[0])
+            ra = context.make_array(tys[1])(context, builder, args[1])
+            wa = context.make_array(tys[3])(context, builder, args[3])
+            oa = context.make_array(tys[5])(context, builder, args[5])
+            start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
+            intp = context.get_value_type(types.intp)
+            const = lambda v: ir.Constant(intp, v)  # noqa: E731
+            n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
+            elt = context.get_data_type(tys[0].dtype)
+            vty = ir.VectorType(elt, LANES)
+            align = tys[0].dtype.bitwidth // 8
+            zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
+            i32 = ir.IntType(32)
+            undef = ir.Constant(vty, ir.Undefined)
+            xbase = []
+            for t in range(n_samples):
+                row = builder.load(builder.gep(ra.data, [builder.add(start_, const(t))]))
+                xbase.append(builder.mul(context.cast(builder, row, tys[1].dtype, types.intp), n_in))
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n_samples)]
+
+            def vload(arr, off):
+                return builder.load(builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer()), align=align)
+
+            def rows16(i, first_vec):
+                """The 16 rows from row i: w vectors of the flat run, the first being run vector first_vec."""
+                xv = [vload(xa, builder.add(xbase[t], i)) for t in range(n_samples)]
+                for m in range(w):
+                    wv = vload(wa, builder.add(woff_, builder.add(builder.mul(i, const(w)), const(m * LANES))))
+                    q = (first_vec + m) % 4
+                    for t in range(n_samples):
+                        xm = xv[t] if w == 1 else builder.shuffle_vector(
+                            xv[t], undef, ir.Constant(ir.VectorType(i32, LANES), masks[m]))
+                        acc = accs[t][q]
+                        builder.store(builder.fadd(builder.load(acc), builder.fmul(xm, wv)), acc)
+
+            n16 = builder.mul(builder.sdiv(n_in, const(LANES)), const(LANES))
+            n_step = builder.mul(builder.sdiv(n_in, const(step_rows)), const(step_rows))
+            with cgutils.for_range_slice(builder, const(0), n_step, const(step_rows), intp) as (i, _):
+                for k in range(step_rows // LANES):
+                    rows16(builder.add(i, const(k * LANES)), k * w)
+            # the whole 16-row groups after the last full step (w = 1, 2 only): accumulators in turn, as in _dot
+            for k in range(step_rows // LANES - 1):
+                i = builder.add(n_step, const(k * LANES))
+                with builder.if_then(builder.icmp_signed("<", i, n16)):
+                    rows16(i, k * w)
+            for t in range(n_samples):
+                a = [builder.load(acc) for acc in accs[t]]
+                v = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+                for j in range(w):
+                    lanes = [builder.extract_element(v, ir.Constant(i32, lane)) for lane in range(j, LANES, w)]
+                    while len(lanes) > 1:
+                        lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
+                    total = cgutils.alloca_once_value(builder, lanes[0])
+                    with cgutils.for_range_slice(builder, n16, n_in, const(1), intp) as (i, _):
+                        xi = builder.load(builder.gep(xa.data, [builder.add(xbase[t], i)]))
+                        wij = builder.load(builder.gep(wa.data, [builder.add(woff_, builder.add(
+                            builder.mul(i, const(w)), const(j)))]))
+                        builder.store(builder.fadd(builder.load(total), builder.fmul(xi, wij)), total)
+                    op = builder.gep(oa.data, [builder.add(ooff_, builder.add(builder.mul(const(t), ostride_),
+                                                                               const(j)))])
+                    builder.store(builder.load(total), op)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return narrow_block
+
+
+_narrow_blocks = {(n, w): _make_narrow_block(n, w) for n in (1, 4) for w in NARROW}
+_narrow1_w1, _narrow4_w1 = _narrow_blocks[1, 1], _narrow_blocks[4, 1]
+_narrow1_w2, _narrow4_w2 = _narrow_blocks[1, 2], _narrow_blocks[4, 2]
+_narrow1_w4, _narrow4_w4 = _narrow_blocks[1, 4], _narrow_blocks[4, 4]
+_narrow1_w8, _narrow4_w8 = _narrow_blocks[1, 8], _narrow_blocks[4, 8]
+
 
 def _dots_codegen(context, builder, aa, ba, offs, n_, dtype):
     """IR of ``len(offs)`` dot products ``a[aoff:]·b[boff:]`` over n elements, one per ``(aoff, boff)`` of
@@ -326,10 +431,11 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     """Outputs of ``leaf`` for the samples ``order[start:stop]`` (at most ``TILE``), written to their rows of ``out``.
 
     ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
-    per-thread scratch; nothing outside the tile's own output rows is written. Narrow leaves go through the
-    16-lane blocks, wide ones through loops long enough for Numba's own vectorizer; both sum in the order of
-    the module docstring. With ``next_leaf >= 0``, the blocks' first pass over W1 prefetches the same rows of
-    W1 of ``next_leaf`` (narrow leaves only).
+    per-thread scratch; nothing outside the tile's own output rows is written. Leaves of 1, 2, 4 or 8 units go
+    through the narrow blocks (the whole leaf at once), other leaves below ``WIDE`` units through the 16-unit
+    blocks (plus one unit at a time for the last ``width % 16``), wide ones through loops long enough for
+    Numba's own vectorizer; all sum in the order of the module docstring. With ``next_leaf >= 0``, the 16-unit
+    blocks' first pass over W1 prefetches the same rows of W1 of ``next_leaf``.
     """
     n_in = x.shape[1]
     width = w1s.shape[2]
@@ -337,7 +443,30 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     count = stop - start
     zero = w2s.dtype.type(0)
     n_in4 = n_in - n_in % 4
-    if width < WIDE:
+    if width == 1 or width == 2 or width == 4 or width == 8:  # NARROW: a whole leaf per block
+        leaf_off = leaf * n_in * width
+        t = 0
+        while t + 4 <= count:
+            if width == 1:
+                _narrow4_w1(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            elif width == 2:
+                _narrow4_w2(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            elif width == 4:
+                _narrow4_w4(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            else:
+                _narrow4_w8(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            t += 4
+        while t < count:
+            if width == 1:
+                _narrow1_w1(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            elif width == 2:
+                _narrow1_w2(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            elif width == 4:
+                _narrow1_w4(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            else:
+                _narrow1_w8(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            t += 1
+    elif width < WIDE:
         w16 = width - width % LANES
         leaf_off = leaf * n_in * width
         for jb in range(0, w16, LANES):
