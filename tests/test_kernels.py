@@ -130,6 +130,16 @@ def narrow_order(x, w1):
     return out
 
 
+def block_order(x, w1):
+    """The pre-activations of the 16-unit blocks (and of the masked blocks for the other widths below ``WIDE``):
+    ``(p0 + p1) + (p2 + p3)`` with ``p_r`` the sum of ``x[i] * w1[i, j]`` over ``i ≡ r (mod 4)`` in increasing i,
+    one IEEE operation at a time (every unit at once: each NumPy elementwise op rounds once per unit)."""
+    p = np.zeros((4, w1.shape[1]), x.dtype)
+    for i in range(len(x)):
+        p[i % 4] = p[i % 4] + x[i] * w1[i]
+    return (p[0] + p[1]) + (p[2] + p[3])
+
+
 @numba.njit
 def _dots_with_column(x, w):
     n = x.shape[1]
@@ -159,6 +169,26 @@ def test_narrow_leaves_sum_in_the_documented_order(leaf_width, dtype):
             for leaf in range(n_leaves):
                 np.testing.assert_array_equal(got[leaves == leaf, 0],
                                               _dots_with_column(x, w1s[leaf].reshape(1, -1))[leaves == leaf])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("leaf_width", [3, 12, 16, 17, 20, 33])
+def test_blocks_and_masked_blocks_sum_in_the_documented_order(leaf_width, dtype):
+    rng = np.random.default_rng(leaf_width)
+    for n_in in (1, 2, 3, 4, 5, 7, 70, 784):
+        n, n_leaves = 13, 3
+        w1s = rng.normal(size=(n_leaves, n_in, leaf_width)).astype(dtype)
+        w2s = np.repeat(np.eye(leaf_width, dtype=dtype)[None], n_leaves, axis=0)
+        b1s, b2s = np.zeros((n_leaves, leaf_width), dtype), np.zeros((n_leaves, leaf_width), dtype)
+        x = rng.normal(size=(n, n_in)).astype(dtype)
+        leaves = np.array([0, 0, 0, 0, 0, 1, 2, 2, 0, 1, 1, 1, 1])
+        order = kernels._leaf_order(leaves, n_leaves)
+        starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+        got = np.empty((n, leaf_width), dtype)
+        kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s,
+                                   kernels.ACTIVATION_CODES["identity"], got)
+        expected = np.array([block_order(x[s], w1s[leaves[s]]) for s in range(n)])
+        np.testing.assert_array_equal(got, expected, err_msg=f"input width {n_in}")
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])

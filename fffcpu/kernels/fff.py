@@ -74,7 +74,7 @@ def _splat(builder, value, vty):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
-def _make_hidden_block(n_samples):
+def _make_hidden_block(n_samples, masked=False):
     """Intrinsic ``block(x, rows, start, w, woff, out, ooff, ostride, pf)``: 16 hidden pre-activations (no bias)
     for the ``n_samples`` samples ``rows[start:start + n_samples]``.
 
@@ -86,67 +86,109 @@ def _make_hidden_block(n_samples):
     With ``pf >= 0``, the step that reads row i also prefetches (into L2) the line at ``w[pf + i*wstride]``: the
     same row segment of the leaf evaluated next, which then streams in from memory one line per row while this
     block computes. A prefetch changes no result.
+
+    With ``masked``, the intrinsic takes one more argument, ``n_units`` (1 to 16), and only lanes
+    ``j < n_units`` are read from ``w`` and written to ``out`` (masked vector loads and stores): the same sums
+    for the last ``width % 16`` units of a leaf, or for a whole leaf narrower than 16 units.
     """
 
-    @intrinsic
-    def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf):
-        if not _same_c_arrays(x, w, out):
-            return None  # a typing error: the raw-pointer code below needs C-contiguous arrays of one dtype
-        sig = types.void(x, rows, start, w, woff, out, ooff, ostride, pf)
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        xa = context.make_array(tys[0])(context, builder, args[0])
+        ra = context.make_array(tys[1])(context, builder, args[1])
+        wa = context.make_array(tys[3])(context, builder, args[3])
+        oa = context.make_array(tys[5])(context, builder, args[5])
+        start_, woff_, ooff_, ostride_, pf_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7, 8))
+        intp = context.get_value_type(types.intp)
+        n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
+        wshape = cgutils.unpack_tuple(builder, wa.shape, tys[3].ndim)
+        wstride = wshape[-1]
+        elt = context.get_data_type(tys[0].dtype)
+        vty = ir.VectorType(elt, LANES)
+        align = tys[0].dtype.bitwidth // 8
+        zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
+        mask = None
+        if masked:
+            n_units = _intp_args(context, builder, signature, args, (9,))[0]
+            lanes = ir.Constant(ir.VectorType(intp, LANES), list(range(LANES)))
+            mask = builder.icmp_signed("<", lanes, _splat(builder, n_units, ir.VectorType(intp, LANES)))
+        xbase = []
+        for t in range(n_samples):
+            row = builder.load(builder.gep(ra.data, [builder.add(start_, ir.Constant(intp, t))]))
+            xbase.append(builder.mul(context.cast(builder, row, tys[1].dtype, types.intp), n_in))
+        accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n_samples)]
 
-        def codegen(context, builder, signature, args):
-            tys = signature.args
-            xa = context.make_array(tys[0])(context, builder, args[0])
-            ra = context.make_array(tys[1])(context, builder, args[1])
-            wa = context.make_array(tys[3])(context, builder, args[3])
-            oa = context.make_array(tys[5])(context, builder, args[5])
-            start_, woff_, ooff_, ostride_, pf_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7, 8))
-            intp = context.get_value_type(types.intp)
-            n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
-            wshape = cgutils.unpack_tuple(builder, wa.shape, tys[3].ndim)
-            wstride = wshape[-1]
-            elt = context.get_data_type(tys[0].dtype)
-            vty = ir.VectorType(elt, LANES)
-            align = tys[0].dtype.bitwidth // 8
-            zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
-            xbase = []
+        def step(i, r):
+            wp = builder.bitcast(builder.gep(wa.data, [builder.add(woff_, builder.mul(i, wstride))]), vty.as_pointer())
+            wv = builder.load(wp, align=align) if mask is None else _masked_load(builder, wp, align, mask, zero)
             for t in range(n_samples):
-                row = builder.load(builder.gep(ra.data, [builder.add(start_, ir.Constant(intp, t))]))
-                xbase.append(builder.mul(context.cast(builder, row, tys[1].dtype, types.intp), n_in))
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n_samples)]
+                xv = builder.load(builder.gep(xa.data, [builder.add(xbase[t], i)]))
+                acc = accs[t][r]
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(_splat(builder, xv, vty), wv)), acc)
 
-            def step(i, r):
-                wp = builder.gep(wa.data, [builder.add(woff_, builder.mul(i, wstride))])
-                wv = builder.load(builder.bitcast(wp, vty.as_pointer()), align=align)
-                for t in range(n_samples):
-                    xv = builder.load(builder.gep(xa.data, [builder.add(xbase[t], i)]))
-                    acc = accs[t][r]
-                    builder.store(builder.fadd(builder.load(acc), builder.fmul(_splat(builder, xv, vty), wv)), acc)
-
-            four = ir.Constant(intp, 4)
-            n4 = builder.mul(builder.sdiv(n_in, four), four)
-            prefetching = builder.icmp_signed(">=", pf_, ir.Constant(intp, 0))
-            with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n4, four, intp) as (i, _):
-                with builder.if_then(prefetching):
-                    for r in range(4):
-                        row = builder.mul(builder.add(i, ir.Constant(intp, r)), wstride)
-                        _prefetch_l2(builder, builder.gep(wa.data, [builder.add(pf_, row)]))
+        four = ir.Constant(intp, 4)
+        n4 = builder.mul(builder.sdiv(n_in, four), four)
+        prefetching = builder.icmp_signed(">=", pf_, ir.Constant(intp, 0))
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n4, four, intp) as (i, _):
+            with builder.if_then(prefetching):
                 for r in range(4):
-                    step(builder.add(i, ir.Constant(intp, r)), r)
-            rem = builder.sub(n_in, n4)
-            for r in range(3):
-                with builder.if_then(builder.icmp_signed(">", rem, ir.Constant(intp, r))):
-                    step(builder.add(n4, ir.Constant(intp, r)), r)
-            for t in range(n_samples):
-                a = [builder.load(accs[t][r]) for r in range(4)]
-                total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
-                op = builder.gep(oa.data, [builder.add(ooff_, builder.mul(ir.Constant(intp, t), ostride_))])
-                builder.store(total, builder.bitcast(op, vty.as_pointer()), align=align)
-            return context.get_dummy_value()
+                    row = builder.mul(builder.add(i, ir.Constant(intp, r)), wstride)
+                    _prefetch_l2(builder, builder.gep(wa.data, [builder.add(pf_, row)]))
+            for r in range(4):
+                step(builder.add(i, ir.Constant(intp, r)), r)
+        rem = builder.sub(n_in, n4)
+        for r in range(3):
+            with builder.if_then(builder.icmp_signed(">", rem, ir.Constant(intp, r))):
+                step(builder.add(n4, ir.Constant(intp, r)), r)
+        for t in range(n_samples):
+            a = [builder.load(accs[t][r]) for r in range(4)]
+            total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+            op = builder.gep(oa.data, [builder.add(ooff_, builder.mul(ir.Constant(intp, t), ostride_))])
+            op = builder.bitcast(op, vty.as_pointer())
+            if mask is None:
+                builder.store(total, op, align=align)
+            else:
+                _masked_store(builder, total, op, align, mask)
+        return context.get_dummy_value()
 
-        return sig, codegen
+    def signature(x, rows, start, w, woff, out, ooff, ostride, pf, *n_units):
+        if not _same_c_arrays(x, w, out):
+            return None  # a typing error: the raw-pointer code above needs C-contiguous arrays of one dtype
+        return types.void(x, rows, start, w, woff, out, ooff, ostride, pf, *n_units)
+
+    if masked:
+        @intrinsic
+        def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf, n_units):
+            return signature(x, rows, start, w, woff, out, ooff, ostride, pf, n_units), codegen
+    else:
+        @intrinsic
+        def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf):
+            return signature(x, rows, start, w, woff, out, ooff, ostride, pf), codegen
 
     return hidden_block
+
+
+def _masked_load(builder, pointer, align, mask, passthru):
+    """IR of ``llvm.masked.load``: the lanes of ``*pointer`` where ``mask`` is set, ``passthru`` elsewhere (the
+    masked-off lanes are not read, so they may lie past the end of an array)."""
+    vty = passthru.type
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty.as_pointer(), ir.IntType(32), mask.type, vty]),
+        f"llvm.masked.load.v{LANES}f{_float_bits(vty)}.p0v{LANES}f{_float_bits(vty)}")
+    return builder.call(fn, [pointer, ir.IntType(32)(align), mask, passthru])
+
+
+def _masked_store(builder, value, pointer, align, mask):
+    """IR of ``llvm.masked.store``: writes the lanes of ``value`` where ``mask`` is set, nothing elsewhere."""
+    vty = value.type
+    fn = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), ir.IntType(32), mask.type]),
+        f"llvm.masked.store.v{LANES}f{_float_bits(vty)}.p0v{LANES}f{_float_bits(vty)}")
+    builder.call(fn, [value, pointer, ir.IntType(32)(align), mask])
+
+
+def _float_bits(vty):
+    return 64 if isinstance(vty.element, ir.DoubleType) else 32
 
 
 def _prefetch_l2(builder, pointer):
@@ -181,9 +223,11 @@ def _prefetch_row(typingctx, x, row):
 
 _hidden_block1 = _make_hidden_block(1)
 _hidden_block4 = _make_hidden_block(4)
+_masked_block1 = _make_hidden_block(1, masked=True)
+_masked_block4 = _make_hidden_block(4, masked=True)
 
-#: Leaf widths below 16 that the narrow blocks vectorize (the divisors of ``LANES``); other widths below 16, and
-#: the last ``width % 16`` units of wider leaves, are summed one unit at a time.
+#: Leaf widths that the narrow blocks evaluate as one flat run (the divisors of ``LANES`` below it); other widths
+#: below 16, and the last ``width % 16`` units of wider leaves, go through masked 16-unit blocks.
 NARROW = (1, 2, 4, 8)
 
 
@@ -218,7 +262,10 @@ def _make_narrow_block(n_samples, w):
             oa = context.make_array(tys[5])(context, builder, args[5])
             start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
             intp = context.get_value_type(types.intp)
-            const = lambda v: ir.Constant(intp, v)  # noqa: E731
+
+            def const(v):
+                return ir.Constant(intp, v)
+
             n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
             elt = context.get_data_type(tys[0].dtype)
             vty = ir.VectorType(elt, LANES)
@@ -433,7 +480,7 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
     per-thread scratch; nothing outside the tile's own output rows is written. Leaves of 1, 2, 4 or 8 units go
     through the narrow blocks (the whole leaf at once), other leaves below ``WIDE`` units through the 16-unit
-    blocks (plus one unit at a time for the last ``width % 16``), wide ones through loops long enough for
+    blocks (masked for the last ``width % 16`` units), wide ones through loops long enough for
     Numba's own vectorizer; all sum in the order of the module docstring. With ``next_leaf >= 0``, the 16-unit
     blocks' first pass over W1 prefetches the same rows of W1 of ``next_leaf``.
     """
@@ -442,7 +489,6 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     n_out = w2s.shape[2]
     count = stop - start
     zero = w2s.dtype.type(0)
-    n_in4 = n_in - n_in % 4
     if width == 1 or width == 2 or width == 4 or width == 8:  # NARROW: a whole leaf per block
         leaf_off = leaf * n_in * width
         t = 0
@@ -480,26 +526,14 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
                 _hidden_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
                 pf = -1
                 t += 1
-        if w16 < width:  # the last width % 16 units, one at a time, same arithmetic as the blocks
-            for t in range(count):
-                s = order[start + t]
-                for j in range(w16, width):
-                    p0 = zero
-                    p1 = zero
-                    p2 = zero
-                    p3 = zero
-                    for i in range(0, n_in4, 4):
-                        p0 += x[s, i] * w1s[leaf, i, j]
-                        p1 += x[s, i + 1] * w1s[leaf, i + 1, j]
-                        p2 += x[s, i + 2] * w1s[leaf, i + 2, j]
-                        p3 += x[s, i + 3] * w1s[leaf, i + 3, j]
-                    if n_in4 < n_in:
-                        p0 += x[s, n_in4] * w1s[leaf, n_in4, j]
-                    if n_in4 + 1 < n_in:
-                        p1 += x[s, n_in4 + 1] * w1s[leaf, n_in4 + 1, j]
-                    if n_in4 + 2 < n_in:
-                        p2 += x[s, n_in4 + 2] * w1s[leaf, n_in4 + 2, j]
-                    hid[t, j] = (p0 + p1) + (p2 + p3)
+        if w16 < width:  # the last width % 16 units: the same sums, through masked loads and stores
+            t = 0
+            while t + 4 <= count:
+                _masked_block4(x, order, start + t, w1s, leaf_off + w16, hid, t * width + w16, width, -1, width - w16)
+                t += 4
+            while t < count:
+                _masked_block1(x, order, start + t, w1s, leaf_off + w16, hid, t * width + w16, width, -1, width - w16)
+                t += 1
     else:
         for r in range(4):
             for t in range(count):
