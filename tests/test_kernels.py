@@ -172,8 +172,10 @@ def test_narrow_leaves_sum_in_the_documented_order(leaf_width, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("leaf_width", [3, 12, 16, 17, 20, 33])
+@pytest.mark.parametrize("leaf_width", [3, 12, 16, 17, 20, 33, kernels.WIDE, kernels.WIDE + 19])
 def test_blocks_and_masked_blocks_sum_in_the_documented_order(leaf_width, dtype):
+    # leaves of WIDE units or more: tiles of 4+ samples (leaves 0 and 1 below) go through the blocks, smaller
+    # ones (leaf 2) through the long-row loops; both must give these bits
     rng = np.random.default_rng(leaf_width)
     for n_in in (1, 2, 3, 4, 5, 7, 70, 784):
         n, n_leaves = 13, 3

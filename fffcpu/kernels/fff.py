@@ -38,7 +38,8 @@ ACTIVATION_CODES = {"identity": 0, "relu": 1, "gelu": 2, "tanh": 3, "sigmoid": 4
 
 #: Samples of one leaf evaluated together (they share every weight row load).
 TILE = 8
-#: Leaves at least this wide are evaluated with long vectorized rows instead of 16-unit blocks.
+#: Tiles of fewer than 4 samples of leaves at least this wide are evaluated with long vectorized rows instead of
+#: 16-unit blocks.
 WIDE = 256
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -479,9 +480,11 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
 
     ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
     per-thread scratch; nothing outside the tile's own output rows is written. Leaves of 1, 2, 4 or 8 units go
-    through the narrow blocks (the whole leaf at once), other leaves below ``WIDE`` units through the 16-unit
-    blocks (masked for the last ``width % 16`` units), wide ones through loops long enough for
-    Numba's own vectorizer; all sum in the order of the module docstring. With ``next_leaf >= 0``, the 16-unit
+    through the narrow blocks (the whole leaf at once), other leaves through the 16-unit blocks (masked for the
+    last ``width % 16`` units), except that a tile of fewer than 4 samples of a leaf of ``WIDE`` units or more
+    goes through loops over whole W1 rows, long enough for Numba's own vectorizer (the blocks read W1 in 64-byte
+    pieces, one 16-unit column at a time: fine when 4 samples share each piece, slow for one sample); all sum in
+    the order of the module docstring. With ``next_leaf >= 0``, the 16-unit
     blocks' first pass over W1 prefetches the same rows of W1 of ``next_leaf``.
     """
     n_in = x.shape[1]
@@ -512,7 +515,7 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
             else:
                 _narrow1_w8(x, order, start + t, w1s, leaf_off, hid, t * width, width)
             t += 1
-    elif width < WIDE:
+    elif width < WIDE or count >= 4:
         w16 = width - width % LANES
         leaf_off = leaf * n_in * width
         for jb in range(0, w16, LANES):
