@@ -239,15 +239,3 @@ def table(headers, rows) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def read_bandwidth(threads=THREADS, n_bytes=512 << 20, repeats=5):
-    """Memory read bandwidth (bytes/s, median): ``threads`` Python threads each summing their part of a
-    ``n_bytes`` float32 array (far larger than the caches) with NumPy, which releases the GIL while it sums."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    a = np.ones(n_bytes // 4, dtype=np.float32)
-    parts = np.array_split(a, threads)
-    with ThreadPoolExecutor(threads) as pool:
-        t, _ = median_time(lambda k: list(pool.map(np.sum, parts)), min_repeats=repeats, max_repeats=repeats)
-    return a.nbytes / t

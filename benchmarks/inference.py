@@ -27,9 +27,10 @@ from threadpoolctl import threadpool_limits
 
 import fffcpu
 from fffcpu import FFF, engine
+from fffcpu.kernels.fff import _dot
 
 from .common import (SETTLE_S, THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians,
-                     median_time, peak_memory, read_bandwidth, table)
+                     median_time, peak_memory, settle, table)
 
 INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
 WIDTHS, DEPTHS, BATCHES = (128, 1024, 8192, 65536), (3, 6, 9, 12), (1, 256, 4096)
@@ -257,6 +258,46 @@ def _read_leaves(w1, b1, w2, b2, leaves, n_chunks):
     return partial.sum()
 
 
+def read_bandwidth(threads=THREADS, n_bytes=512 << 20, repeats=5):
+    """Memory read bandwidth (bytes/s): the faster of two parallel sums of a ``n_bytes`` float32 array (far
+    larger than the caches), each the median of ``repeats`` timings after a pause (``settle``) that lets the
+    thread pools of earlier work go idle: ``threads`` Python threads each summing their part with NumPy (which
+    releases the GIL), and ``_row_sums`` (16-lane vector loads) over ``threads`` Numba threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = np.ones(n_bytes // 4, dtype=np.float32)
+    parts = np.array_split(a, threads)
+    rows = a[: a.size - a.size % 4096].reshape(-1, 4096)
+    ones = np.ones((1, 4096), dtype=np.float32)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        _row_sums(rows[:8], ones, threads)  # compiled (or loaded from cache) before timing
+        settle()
+        with ThreadPoolExecutor(threads) as pool:
+            t_numpy, _ = median_time(lambda k: list(pool.map(np.sum, parts)), min_repeats=repeats,
+                                     max_repeats=repeats)
+        settle()
+        t_numba, _ = median_time(lambda k: _row_sums(rows, ones, threads), min_repeats=repeats, max_repeats=repeats)
+    finally:
+        numba.set_num_threads(saved)
+    return max(a.nbytes / t_numpy, rows.nbytes / t_numba)
+
+
+@numba.njit(cache=True, parallel=True)
+def _row_sums(rows, ones, n_chunks):
+    """Sum of every element of ``rows`` (2-D, C-contiguous), the rows split into ``n_chunks`` parallel runs, each
+    row summed with the engine's 16-lane dot product against a row of ones (vector loads, four accumulators)."""
+    n, m = rows.shape
+    partial = np.zeros(n_chunks)
+    for c in numba.prange(n_chunks):
+        acc = 0.0
+        for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
+            acc += _dot(rows, r * m, ones, 0, m)
+        partial[c] = acc
+    return partial.sum()
+
+
 def in_cache_costs(model, x, repeats=200):
     """Single-thread cost of the engine's two building blocks with everything in cache: seconds per node dot
     product (``_route_serial`` on 64 samples, 200 KB of inputs, over and over) and per sample of a leaf evaluated
@@ -286,6 +327,43 @@ def in_cache_costs(model, x, repeats=200):
         fn(0)
         best[name] = min(median_time(fn, min_repeats=1, max_repeats=1, warmup=0)[0] for _ in range(20))
     return best["route"] / (repeats * n * d), best["leaf"] / (repeats * n)
+
+
+#: Leaf widths of the table of leaf costs by width (docs/benchmarks.md).
+COST_WIDTHS = (1, 2, 3, 4, 8, 12, 16, 20, 32, 64, 128, 256, 1024)
+
+
+def leaf_costs_by_width(widths=COST_WIDTHS, repeats=50):
+    """Single-thread, in-cache cost of evaluating one leaf per sample, for leaves of each width: 64 samples all
+    sent to one leaf, in full tiles (``_eval_tiles_serial``), input 784, output 10, float32. Fastest of 20 timings
+    of ``repeats`` calls. Returns rows (width, seconds per sample)."""
+    from fffcpu.kernels import fff as kernels
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, INPUT_WIDTH), dtype=np.float32)
+    same = np.zeros(len(x), np.int64)
+    order = kernels._leaf_order(same, 1)
+    starts, tile_leaf = kernels._make_tiles(same, order, kernels.TILE)
+    out = np.empty((len(x), OUTPUT_WIDTH), np.float32)
+    rows = []
+    for width in widths:
+        model = FFF(INPUT_WIDTH, width, OUTPUT_WIDTH, 0, dtype="float32", seed=0)
+        p = model.params
+
+        def leaf(_):
+            for _ in range(repeats):
+                kernels._eval_tiles_serial(x, order, starts, tile_leaf, p["w1s"], p["b1s"], p["w2s"], p["b2s"], 1, out)
+
+        leaf(0)
+        best = min(median_time(leaf, min_repeats=1, max_repeats=1, warmup=0)[0] for _ in range(20))
+        rows.append((width, best / (repeats * len(x))))
+    return rows
+
+
+def leaf_costs_table(rows):
+    return table(["leaf width ℓ", "ns per sample", "ns per unit", "multiply-adds per ns (W1 and W2)"],
+                 [[w, f"{t * 1e9:.0f}", f"{t * 1e9 / w:.1f}", f"{w * (INPUT_WIDTH + OUTPUT_WIDTH) / (t * 1e9):.1f}"]
+                  for w, t in rows])
 
 
 def leaf_nbytes(leaf):
@@ -449,8 +527,9 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
         "",
         table(["target", "measured", "status"], targets),
         "",
-        f"Bandwidth bound: a parallel sum over 512 MiB reads memory at {bandwidth / 1e9:.1f} GB/s with {threads} threads "
-        "on this machine. The table gives, for the target points, the bytes an fffcpu call must at least read (the "
+        f"Bandwidth bound: the faster of two parallel sums over 512 MiB (NumPy's, and a Numba kernel of 16-lane "
+        f"vector loads), timed after a pause so that no thread pool of earlier work still spins, reads memory at "
+        f"{bandwidth / 1e9:.1f} GB/s with {threads} threads on this machine. The table gives, for the target points, the bytes an fffcpu call must at least read (the "
         "distinct leaves' weights, the node rows, the input), the time that takes at that bandwidth, and the speedup "
         "that time would give over the measured dense and torch-package times: a target above its bound cannot be "
         "met by a kernel that reads these bytes from memory. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only; larger ones can too, in part, when the leaves a call reaches overlap with those of the calls just before it (the \"only read\" column of the breakdown below shows how fast those bytes come in practice). Python-level call overhead (checks, dispatch, allocation: measured below) is not in the bound and matters at batch 1.",
@@ -472,10 +551,16 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
                "can be faster than this time, whatever it does about memory; a target above the ceiling needs "
                "cheaper arithmetic per sample (fewer or narrower multiply-adds), not better memory access.", "",
                ceiling_table(rows, threads)]
+    costs = leaf_costs_by_width(COST_WIDTHS[:4] if quick else COST_WIDTHS)
+    md += ["", "Leaf evaluation by leaf width: one thread, everything in cache, 64 samples sent to one leaf and "
+           "evaluated in tiles of 8 (input 784, output 10, float32). Leaves of 1, 2, 4 or 8 units are summed as one "
+           "flat run of 16-lane vectors; other widths go through 16-unit blocks, the last one masked, so a width "
+           "that is not a multiple of 16 pays for its last block as if it were full (compare 12 with 16 and 20 "
+           "with 32).", "", leaf_costs_table(costs)]
     if plot_path:
         plot(rows, plot_path)
     return Section("Hard inference: fffcpu vs dense FF and the PyTorch package", "\n".join(md), rows, checks,
-                   {"targets": targets, "bandwidth": bandwidth})
+                   {"targets": targets, "bandwidth": bandwidth, "leaf_costs": costs})
 
 
 def main(argv=None):

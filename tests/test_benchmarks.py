@@ -44,7 +44,7 @@ def test_runner_writes_report(tmp_path, monkeypatch):
     report = runner.main(["--quick", "--out", str(out)])
     text = out.read_text()
     assert text == report
-    for needle in ("## Machine", "Numba threading layer", "threadpool 0", "| 32 | 1 | 16 | 3 |",
+    for needle in ("## Machine", "Numba threading layer", "threadpool 0", "| 32 | 1 | 16 | 3 |", "| leaf width ℓ |",
                    "## Training step", "fffcpu FFF(784, 8, 10, 4)", "fffcpu dense FF(784, 128, 10)",
                    "### Batch 1: where the time goes", "12 layers of each kind"):
         assert needle in text, needle
@@ -76,3 +76,18 @@ def test_breakdown_of_a_large_batch_times_every_part_and_renders_the_floor():
     text = inference.breakdown_table([row], 40e9)
     floor = parts["route"] + parts["read"]
     assert f"{floor * 1e3:.2f} ms" in text and "only read in" in text
+
+
+def test_leaf_costs_by_width_times_each_width_and_renders_per_unit_costs():
+    rows = inference.leaf_costs_by_width((1, 3, 16), repeats=1)
+    assert [w for w, _ in rows] == [1, 3, 16] and all(t > 0 for _, t in rows)
+    text = inference.leaf_costs_table([(4, 100e-9)])
+    assert "| 4 | 100 | 25.0 | 31.8 |" in text  # 4 units x (784 + 10) multiply-adds in 100 ns
+
+
+def test_bandwidth_probe_sums_every_element():
+    rows = np.random.default_rng(0).random((37, 4096), dtype=np.float32)
+    ones = np.ones((1, 4096), np.float32)
+    for chunks in (1, 2, 5):
+        assert inference._row_sums(rows, ones, chunks) == pytest.approx(rows.astype(np.float64).sum(), rel=1e-5)
+    assert inference.read_bandwidth(2, n_bytes=8 << 20, repeats=1) > 0
