@@ -193,6 +193,33 @@ def test_blocks_and_masked_blocks_sum_in_the_documented_order(leaf_width, dtype)
         np.testing.assert_array_equal(got, expected, err_msg=f"input width {n_in}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("leaf_width", [1, 16, 20, kernels.WIDE + 44])
+@pytest.mark.parametrize("output_width", [1, 10, 16, 17, 40])
+def test_outputs_sum_in_the_documented_order(output_width, leaf_width, dtype):
+    # y_k = (Σ_j h_j w2[j, k]) + b2[k], from 0 in increasing j; h read exactly through W2 = I and b2 = 0
+    rng = np.random.default_rng(output_width + leaf_width)
+    n, n_in = 11, 40
+    w1s = rng.normal(size=(1, n_in, leaf_width)).astype(dtype)
+    b1s = rng.normal(size=(1, leaf_width)).astype(dtype)
+    x = rng.normal(size=(n, n_in)).astype(dtype)
+    leaves = np.zeros(n, np.int64)
+    order = kernels._leaf_order(leaves, 1)
+    starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+    relu = kernels.ACTIVATION_CODES["relu"]
+    h = np.empty((n, leaf_width), dtype)
+    kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, np.eye(leaf_width, dtype=dtype)[None],
+                               np.zeros((1, leaf_width), dtype), relu, h)
+    w2s = rng.normal(size=(1, leaf_width, output_width)).astype(dtype)
+    b2s = rng.normal(size=(1, output_width)).astype(dtype)
+    y = np.empty((n, output_width), dtype)
+    kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, relu, y)
+    expected = np.zeros((n, output_width), dtype)
+    for j in range(leaf_width):
+        expected = expected + h[:, j:j + 1] * w2s[0, j]
+    np.testing.assert_array_equal(y, expected + b2s[0])
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])
 def test_every_activation_against_naive(activation):
     model, rng = random_model(4, "float64", activation=activation, leaf_width=19)

@@ -192,6 +192,51 @@ def _float_bits(vty):
     return 64 if isinstance(vty.element, ir.DoubleType) else 32
 
 
+@intrinsic
+def _output_row(typingctx, h, hoff, w2, woff, n_units, b2, boff, y, yoff):
+    """``y[yoff + k] = (Σ_j h[hoff + j] * w2[woff + j*n_out + k]) + b2[boff + k]`` for every ``k < n_out``
+    (``n_out = y.shape[-1]``), each sum starting from 0 and taking j in increasing order (the order of the module
+    docstring): 16 outputs per vector, a masked one for the last ``n_out % 16``, so that the outputs' sums run
+    side by side in the lanes instead of one after the other."""
+    if not _same_c_arrays(h, w2, b2, y):
+        return None
+    sig = types.void(h, hoff, w2, woff, n_units, b2, boff, y, yoff)
+
+    def codegen(context, builder, signature, args):
+        tys = signature.args
+        ha = context.make_array(tys[0])(context, builder, args[0])
+        wa = context.make_array(tys[2])(context, builder, args[2])
+        ba = context.make_array(tys[5])(context, builder, args[5])
+        ya = context.make_array(tys[7])(context, builder, args[7])
+        hoff_, woff_, n_units_, boff_, yoff_ = _intp_args(context, builder, signature, args, (1, 3, 4, 6, 8))
+        intp = context.get_value_type(types.intp)
+        n_out = cgutils.unpack_tuple(builder, ya.shape, tys[7].ndim)[-1]
+        elt = context.get_data_type(tys[0].dtype)
+        vty = ir.VectorType(elt, LANES)
+        ivty = ir.VectorType(intp, LANES)
+        align = tys[0].dtype.bitwidth // 8
+        zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
+        lanes = ir.Constant(ivty, list(range(LANES)))
+
+        def vptr(arr, off):
+            return builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer())
+
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n_out, ir.Constant(intp, LANES), intp) as (k, _):
+            mask = builder.icmp_signed("<", lanes, _splat(builder, builder.sub(n_out, k), ivty))
+            acc = cgutils.alloca_once_value(builder, zero)
+            with cgutils.for_range(builder, n_units_, intp=intp) as loop:
+                j = loop.index
+                hj = builder.load(builder.gep(ha.data, [builder.add(hoff_, j)]))
+                wv = _masked_load(builder, vptr(wa, builder.add(woff_, builder.add(builder.mul(j, n_out), k))), align,
+                                  mask, zero)
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(_splat(builder, hj, vty), wv)), acc)
+            bv = _masked_load(builder, vptr(ba, builder.add(boff_, k)), align, mask, zero)
+            _masked_store(builder, builder.fadd(builder.load(acc), bv), vptr(ya, builder.add(yoff_, k)), align, mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _prefetch_l2(builder, pointer):
     """IR of a read prefetch of the cache line holding ``pointer`` into L2 (``llvm.prefetch``, locality 2)."""
     i8p = ir.IntType(8).as_pointer()
@@ -491,7 +536,6 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     width = w1s.shape[2]
     n_out = w2s.shape[2]
     count = stop - start
-    zero = w2s.dtype.type(0)
     if width == 1 or width == 2 or width == 4 or width == 8:  # NARROW: a whole leaf per block
         leaf_off = leaf * n_in * width
         t = 0
@@ -561,23 +605,14 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
                 h[j] = (p0[j] + p1[j]) + (p2[j] + p3[j])
     for t in range(count):
         h = hid[t]
-        for j in range(width):
-            h[j] = _activate(h[j] + b1s[leaf, j], act)
-        y = out[order[start + t]]
-        # One register accumulator per output (a store into ``y`` inside the j loop would be reloaded on every
-        # step: LLVM cannot prove that ``y`` does not alias ``h`` or ``w2s``). Same order: 0, then increasing j.
-        if width == LANES:  # the same sums with a constant trip count, which LLVM unrolls (16-unit leaves)
-            for k in range(n_out):
-                acc = zero
-                for j in range(LANES):
-                    acc += h[j] * w2s[leaf, j, k]
-                y[k] = acc + b2s[leaf, k]
+        if act == 1:  # ReLU (the default) without the call's branches, so that LLVM can vectorize it
+            for j in range(width):
+                z = h[j] + b1s[leaf, j]
+                h[j] = z if not z < 0 else z * 0
         else:
-            for k in range(n_out):
-                acc = zero
-                for j in range(width):
-                    acc += h[j] * w2s[leaf, j, k]
-                y[k] = acc + b2s[leaf, k]
+            for j in range(width):
+                h[j] = _activate(h[j] + b1s[leaf, j], act)
+        _output_row(hid, t * width, w2s, leaf * width * n_out, width, b2s, leaf * n_out, out, order[start + t] * n_out)
 
 
 @njit(cache=True, nogil=True)
