@@ -146,27 +146,38 @@ def _dots_with_column(x, w):
     return np.array([kernels._dot(x, s * n, w, 0, n) for s in range(x.shape[0])])
 
 
+#: Leaves of the samples in the order tests: leaf 0 gets a tile of 6 samples (a block of 4, then single samples),
+#: leaf 1 a tile of 5, leaf 2 a tile of 2.
+ORDER_TEST_LEAVES = np.array([0, 0, 0, 0, 0, 1, 2, 2, 0, 1, 1, 1, 1])
+
+
+def exact_preactivations(x, w1s, leaves):
+    """The engine's hidden pre-activations, read exactly: identity activation, zero biases and W2 = I, so that
+    each output is one pre-activation (adding exact zeros to it changes no bit)."""
+    n_leaves, _, width = w1s.shape
+    dtype = x.dtype
+    order = kernels._leaf_order(leaves, n_leaves)
+    starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+    got = np.empty((len(x), width), dtype)
+    kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, np.zeros((n_leaves, width), dtype),
+                               np.repeat(np.eye(width, dtype=dtype)[None], n_leaves, axis=0),
+                               np.zeros((n_leaves, width), dtype), kernels.ACTIVATION_CODES["identity"], got)
+    return got
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("leaf_width", kernels.NARROW)
 def test_narrow_leaves_sum_in_the_documented_order(leaf_width, dtype):
-    # Identity activation, W2 = I and zero biases, so that each output is one hidden pre-activation exactly
     rng = np.random.default_rng(leaf_width)
+    leaves = ORDER_TEST_LEAVES
     for n_in in (1, 3, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 80, 100, 784):
-        n, n_leaves = 13, 3
-        w1s = rng.normal(size=(n_leaves, n_in, leaf_width)).astype(dtype)
-        w2s = np.repeat(np.eye(leaf_width, dtype=dtype)[None], n_leaves, axis=0)
-        b1s, b2s = np.zeros((n_leaves, leaf_width), dtype), np.zeros((n_leaves, leaf_width), dtype)
-        x = rng.normal(size=(n, n_in)).astype(dtype)
-        leaves = np.array([0, 0, 0, 0, 0, 1, 2, 2, 0, 1, 1, 1, 1])  # tiles of 4 and of 1 sample
-        order = kernels._leaf_order(leaves, n_leaves)
-        starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
-        got = np.empty((n, leaf_width), dtype)
-        kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s,
-                                   kernels.ACTIVATION_CODES["identity"], got)
-        expected = np.array([narrow_order(x[s], w1s[leaves[s]]) for s in range(n)])
+        w1s = rng.normal(size=(3, n_in, leaf_width)).astype(dtype)
+        x = rng.normal(size=(len(leaves), n_in)).astype(dtype)
+        got = exact_preactivations(x, w1s, leaves)
+        expected = np.array([narrow_order(x[s], w1s[leaves[s]]) for s in range(len(x))])
         np.testing.assert_array_equal(got, expected, err_msg=f"input width {n_in}")
         if leaf_width == 1:  # a 1-unit leaf is the node dot product of routing
-            for leaf in range(n_leaves):
+            for leaf in range(3):
                 np.testing.assert_array_equal(got[leaves == leaf, 0],
                                               _dots_with_column(x, w1s[leaf].reshape(1, -1))[leaves == leaf])
 
@@ -174,23 +185,15 @@ def test_narrow_leaves_sum_in_the_documented_order(leaf_width, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("leaf_width", [3, 12, 16, 17, 20, 33, kernels.WIDE, kernels.WIDE + 19])
 def test_blocks_and_masked_blocks_sum_in_the_documented_order(leaf_width, dtype):
-    # leaves of WIDE units or more: tiles of 4+ samples (leaves 0 and 1 below) go through the blocks, smaller
-    # ones (leaf 2) through the long-row loops; both must give these bits
+    # leaves of WIDE units or more: tiles of 4+ samples (leaves 0 and 1) go through the blocks, smaller ones
+    # (leaf 2) through the long-row loops; both must give these bits
     rng = np.random.default_rng(leaf_width)
+    leaves = ORDER_TEST_LEAVES
     for n_in in (1, 2, 3, 4, 5, 7, 70, 784):
-        n, n_leaves = 13, 3
-        w1s = rng.normal(size=(n_leaves, n_in, leaf_width)).astype(dtype)
-        w2s = np.repeat(np.eye(leaf_width, dtype=dtype)[None], n_leaves, axis=0)
-        b1s, b2s = np.zeros((n_leaves, leaf_width), dtype), np.zeros((n_leaves, leaf_width), dtype)
-        x = rng.normal(size=(n, n_in)).astype(dtype)
-        leaves = np.array([0, 0, 0, 0, 0, 1, 2, 2, 0, 1, 1, 1, 1])
-        order = kernels._leaf_order(leaves, n_leaves)
-        starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
-        got = np.empty((n, leaf_width), dtype)
-        kernels._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s,
-                                   kernels.ACTIVATION_CODES["identity"], got)
-        expected = np.array([block_order(x[s], w1s[leaves[s]]) for s in range(n)])
-        np.testing.assert_array_equal(got, expected, err_msg=f"input width {n_in}")
+        w1s = rng.normal(size=(3, n_in, leaf_width)).astype(dtype)
+        x = rng.normal(size=(len(leaves), n_in)).astype(dtype)
+        expected = np.array([block_order(x[s], w1s[leaves[s]]) for s in range(len(x))])
+        np.testing.assert_array_equal(exact_preactivations(x, w1s, leaves), expected, err_msg=f"input width {n_in}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

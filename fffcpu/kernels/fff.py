@@ -277,22 +277,22 @@ _masked_block4 = _make_hidden_block(4, masked=True)
 NARROW = (1, 2, 4, 8)
 
 
-def _make_narrow_block(n_samples, w):
-    """Intrinsic ``block(x, rows, start, w1, woff, out, ooff, ostride)``: the ``w`` hidden pre-activations (no
-    bias) of a leaf ``w`` units wide (``w`` in ``NARROW``) for the ``n_samples`` samples ``rows[start:]``.
+def _make_narrow_block(n_samples):
+    """Intrinsic ``block(x, rows, start, w1, woff, out, ooff, ostride)``: the w hidden pre-activations (no bias)
+    of a leaf w units wide, ``w = w1.shape[-1]`` in ``NARROW`` (other widths write nothing), for the
+    ``n_samples`` samples ``rows[start:start + n_samples]``.
 
-    The leaf's W1 (``n_in`` rows of ``w`` weights, from ``w1.ravel()[woff:]``) is read as one flat run,
+    The leaf's W1 (``n_in`` rows of w weights, from ``w1.ravel()[woff:]``) is read as one flat run,
     ``f = i*w + j``, 16 elements at a time. For the first ``R = 16*(n_in // 16)`` rows, element f of the run
     goes to lane ``f % 16`` of accumulator ``(f // 16) % 4`` (four 16-lane accumulators, each lane summing
     ``x[i] * w1[i, j]`` in increasing f); lane L only ever holds unit ``L % w``. Then
     ``out[ooff + t*ostride + j] = tree(lanes L ≡ j (mod w) of (q0 + q1) + (q2 + q3))``, the lanes of a unit
     summed as a pairwise tree in increasing L, plus the rows ``i >= R`` added one by one in increasing i. For
     ``w == 1`` this is exactly ``_dot``. The input values a 16-element run needs (16/w rows, each repeated w
-    times) come from one vector load of x and a lane shuffle; one load of W1 serves all the samples.
+    times) come from one vector load of x and a lane shuffle; one load of W1 serves all the samples. The code
+    for each w in ``NARROW`` is generated apart (its shuffles and accumulator order are constants) and chosen by
+    a switch on w.
     """
-    rows_per_vec = LANES // w
-    masks = [[m * rows_per_vec + lane // w for lane in range(LANES)] for m in range(w)]
-    step_rows = LANES * max(1, 4 // w)  # rows per loop step: a whole number of 4-vector blocks of the flat run
 
     @intrinsic
     def narrow_block(typingctx, x, rows, start, w1, woff, out, ooff, ostride):
@@ -301,71 +301,18 @@ def _make_narrow_block(n_samples, w):
         sig = types.void(x, rows, start, w1, woff, out, ooff, ostride)
 
         def codegen(context, builder, signature, args):
-            tys = signature.args
-            xa = context.make_array(tys[0])(context, builder, args[0])
-            ra = context.make_array(tys[1])(context, builder, args[1])
-            wa = context.make_array(tys[3])(context, builder, args[3])
-            oa = context.make_array(tys[5])(context, builder, args[5])
-            start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
             intp = context.get_value_type(types.intp)
-
-            def const(v):
-                return ir.Constant(intp, v)
-
-            n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
-            elt = context.get_data_type(tys[0].dtype)
-            vty = ir.VectorType(elt, LANES)
-            align = tys[0].dtype.bitwidth // 8
-            zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
-            i32 = ir.IntType(32)
-            undef = ir.Constant(vty, ir.Undefined)
-            xbase = []
-            for t in range(n_samples):
-                row = builder.load(builder.gep(ra.data, [builder.add(start_, const(t))]))
-                xbase.append(builder.mul(context.cast(builder, row, tys[1].dtype, types.intp), n_in))
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n_samples)]
-
-            def vload(arr, off):
-                return builder.load(builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer()), align=align)
-
-            def rows16(i, first_vec):
-                """The 16 rows from row i: w vectors of the flat run, the first being run vector first_vec."""
-                xv = [vload(xa, builder.add(xbase[t], i)) for t in range(n_samples)]
-                for m in range(w):
-                    wv = vload(wa, builder.add(woff_, builder.add(builder.mul(i, const(w)), const(m * LANES))))
-                    q = (first_vec + m) % 4
-                    for t in range(n_samples):
-                        xm = xv[t] if w == 1 else builder.shuffle_vector(
-                            xv[t], undef, ir.Constant(ir.VectorType(i32, LANES), masks[m]))
-                        acc = accs[t][q]
-                        builder.store(builder.fadd(builder.load(acc), builder.fmul(xm, wv)), acc)
-
-            n16 = builder.mul(builder.sdiv(n_in, const(LANES)), const(LANES))
-            n_step = builder.mul(builder.sdiv(n_in, const(step_rows)), const(step_rows))
-            with cgutils.for_range_slice(builder, const(0), n_step, const(step_rows), intp) as (i, _):
-                for k in range(step_rows // LANES):
-                    rows16(builder.add(i, const(k * LANES)), k * w)
-            # the whole 16-row groups after the last full step (w = 1, 2 only): accumulators in turn, as in _dot
-            for k in range(step_rows // LANES - 1):
-                i = builder.add(n_step, const(k * LANES))
-                with builder.if_then(builder.icmp_signed("<", i, n16)):
-                    rows16(i, k * w)
-            for t in range(n_samples):
-                a = [builder.load(acc) for acc in accs[t]]
-                v = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
-                for j in range(w):
-                    lanes = [builder.extract_element(v, ir.Constant(i32, lane)) for lane in range(j, LANES, w)]
-                    while len(lanes) > 1:
-                        lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
-                    total = cgutils.alloca_once_value(builder, lanes[0])
-                    with cgutils.for_range_slice(builder, n16, n_in, const(1), intp) as (i, _):
-                        xi = builder.load(builder.gep(xa.data, [builder.add(xbase[t], i)]))
-                        wij = builder.load(builder.gep(wa.data, [builder.add(woff_, builder.add(
-                            builder.mul(i, const(w)), const(j)))]))
-                        builder.store(builder.fadd(builder.load(total), builder.fmul(xi, wij)), total)
-                    op = builder.gep(oa.data, [builder.add(ooff_, builder.add(builder.mul(const(t), ostride_),
-                                                                               const(j)))])
-                    builder.store(builder.load(total), op)
+            w1a = context.make_array(signature.args[3])(context, builder, args[3])
+            width = cgutils.unpack_tuple(builder, w1a.shape, signature.args[3].ndim)[-1]
+            end = builder.append_basic_block("narrow.end")
+            switch = builder.switch(width, end)
+            for w in NARROW:
+                case = builder.append_basic_block(f"narrow.w{w}")
+                switch.add_case(ir.Constant(intp, w), case)
+                builder.position_at_end(case)
+                _narrow_codegen(context, builder, signature, args, n_samples, w)
+                builder.branch(end)
+            builder.position_at_end(end)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -373,11 +320,79 @@ def _make_narrow_block(n_samples, w):
     return narrow_block
 
 
-_narrow_blocks = {(n, w): _make_narrow_block(n, w) for n in (1, 4) for w in NARROW}
-_narrow1_w1, _narrow4_w1 = _narrow_blocks[1, 1], _narrow_blocks[4, 1]
-_narrow1_w2, _narrow4_w2 = _narrow_blocks[1, 2], _narrow_blocks[4, 2]
-_narrow1_w4, _narrow4_w4 = _narrow_blocks[1, 4], _narrow_blocks[4, 4]
-_narrow1_w8, _narrow4_w8 = _narrow_blocks[1, 8], _narrow_blocks[4, 8]
+def _narrow_codegen(context, builder, signature, args, n_samples, w):
+    """IR of ``_make_narrow_block``'s block for a leaf exactly ``w`` units wide."""
+    tys = signature.args
+    xa = context.make_array(tys[0])(context, builder, args[0])
+    ra = context.make_array(tys[1])(context, builder, args[1])
+    wa = context.make_array(tys[3])(context, builder, args[3])
+    oa = context.make_array(tys[5])(context, builder, args[5])
+    start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
+    intp = context.get_value_type(types.intp)
+
+    def const(v):
+        return ir.Constant(intp, v)
+
+    rows_per_vec = LANES // w
+    masks = [[m * rows_per_vec + lane // w for lane in range(LANES)] for m in range(w)]
+    step_rows = LANES * max(1, 4 // w)  # rows per loop step: a whole number of 4-vector blocks of the flat run
+    n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
+    elt = context.get_data_type(tys[0].dtype)
+    vty = ir.VectorType(elt, LANES)
+    align = tys[0].dtype.bitwidth // 8
+    zero = ir.Constant(vty, [ir.Constant(elt, 0.0)] * LANES)
+    i32 = ir.IntType(32)
+    undef = ir.Constant(vty, ir.Undefined)
+    xbase = []
+    for t in range(n_samples):
+        row = builder.load(builder.gep(ra.data, [builder.add(start_, const(t))]))
+        xbase.append(builder.mul(context.cast(builder, row, tys[1].dtype, types.intp), n_in))
+    accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(4)] for _ in range(n_samples)]
+
+    def vload(arr, off):
+        return builder.load(builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer()), align=align)
+
+    def rows16(i, first_vec):
+        """The 16 rows from row i: w vectors of the flat run, the first being run vector first_vec."""
+        xv = [vload(xa, builder.add(xbase[t], i)) for t in range(n_samples)]
+        for m in range(w):
+            wv = vload(wa, builder.add(woff_, builder.add(builder.mul(i, const(w)), const(m * LANES))))
+            q = (first_vec + m) % 4
+            for t in range(n_samples):
+                xm = xv[t] if w == 1 else builder.shuffle_vector(
+                    xv[t], undef, ir.Constant(ir.VectorType(i32, LANES), masks[m]))
+                acc = accs[t][q]
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(xm, wv)), acc)
+
+    n16 = builder.mul(builder.sdiv(n_in, const(LANES)), const(LANES))
+    n_step = builder.mul(builder.sdiv(n_in, const(step_rows)), const(step_rows))
+    with cgutils.for_range_slice(builder, const(0), n_step, const(step_rows), intp) as (i, _):
+        for k in range(step_rows // LANES):
+            rows16(builder.add(i, const(k * LANES)), k * w)
+    # the whole 16-row groups after the last full step (w = 1, 2 only): accumulators in turn, as in _dot
+    for k in range(step_rows // LANES - 1):
+        i = builder.add(n_step, const(k * LANES))
+        with builder.if_then(builder.icmp_signed("<", i, n16)):
+            rows16(i, k * w)
+    for t in range(n_samples):
+        a = [builder.load(acc) for acc in accs[t]]
+        v = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+        for j in range(w):
+            lanes = [builder.extract_element(v, ir.Constant(i32, lane)) for lane in range(j, LANES, w)]
+            while len(lanes) > 1:
+                lanes = [builder.fadd(lanes[k], lanes[k + 1]) for k in range(0, len(lanes), 2)]
+            total = cgutils.alloca_once_value(builder, lanes[0])
+            with cgutils.for_range_slice(builder, n16, n_in, const(1), intp) as (i, _):
+                xi = builder.load(builder.gep(xa.data, [builder.add(xbase[t], i)]))
+                wij = builder.load(builder.gep(wa.data, [builder.add(woff_, builder.add(
+                    builder.mul(i, const(w)), const(j)))]))
+                builder.store(builder.fadd(builder.load(total), builder.fmul(xi, wij)), total)
+            op = builder.gep(oa.data, [builder.add(ooff_, builder.add(builder.mul(const(t), ostride_), const(j)))])
+            builder.store(builder.load(total), op)
+
+
+_narrow_block1 = _make_narrow_block(1)
+_narrow_block4 = _make_narrow_block(4)
 
 
 def _dots_codegen(context, builder, aa, ba, offs, n_, dtype):
@@ -540,24 +555,10 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         leaf_off = leaf * n_in * width
         t = 0
         while t + 4 <= count:
-            if width == 1:
-                _narrow4_w1(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            elif width == 2:
-                _narrow4_w2(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            elif width == 4:
-                _narrow4_w4(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            else:
-                _narrow4_w8(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            _narrow_block4(x, order, start + t, w1s, leaf_off, hid, t * width, width)
             t += 4
         while t < count:
-            if width == 1:
-                _narrow1_w1(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            elif width == 2:
-                _narrow1_w2(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            elif width == 4:
-                _narrow1_w4(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            else:
-                _narrow1_w8(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+            _narrow_block1(x, order, start + t, w1s, leaf_off, hid, t * width, width)
             t += 1
     elif width < WIDE or count >= 4:
         w16 = width - width % LANES
