@@ -69,6 +69,11 @@ def _intp_args(context, builder, signature, args, indices):
     return [context.cast(builder, args[k], signature.args[k], types.intp) for k in indices]
 
 
+def _array_args(context, builder, signature, args, indices):
+    """The array structures (``.data``, ``.shape``) of the arguments at ``indices``."""
+    return [context.make_array(signature.args[k])(context, builder, args[k]) for k in indices]
+
+
 def _splat(builder, value, vty):
     undef = ir.Constant(vty, ir.Undefined)
     one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
@@ -95,10 +100,7 @@ def _make_hidden_block(n_samples, masked=False):
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        xa = context.make_array(tys[0])(context, builder, args[0])
-        ra = context.make_array(tys[1])(context, builder, args[1])
-        wa = context.make_array(tys[3])(context, builder, args[3])
-        oa = context.make_array(tys[5])(context, builder, args[5])
+        xa, ra, wa, oa = _array_args(context, builder, signature, args, (0, 1, 3, 5))
         start_, woff_, ooff_, ostride_, pf_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7, 8))
         intp = context.get_value_type(types.intp)
         n_in = cgutils.unpack_tuple(builder, xa.shape, tys[0].ndim)[1]
@@ -204,10 +206,7 @@ def _output_row(typingctx, h, hoff, w2, woff, n_units, b2, boff, y, yoff):
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        ha = context.make_array(tys[0])(context, builder, args[0])
-        wa = context.make_array(tys[2])(context, builder, args[2])
-        ba = context.make_array(tys[5])(context, builder, args[5])
-        ya = context.make_array(tys[7])(context, builder, args[7])
+        ha, wa, ba, ya = _array_args(context, builder, signature, args, (0, 2, 5, 7))
         hoff_, woff_, n_units_, boff_, yoff_ = _intp_args(context, builder, signature, args, (1, 3, 4, 6, 8))
         intp = context.get_value_type(types.intp)
         n_out = cgutils.unpack_tuple(builder, ya.shape, tys[7].ndim)[-1]
@@ -253,7 +252,7 @@ def _prefetch_row(typingctx, x, row):
         return None
 
     def codegen(context, builder, signature, args):
-        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        xa, = _array_args(context, builder, signature, args, (0,))
         r = context.cast(builder, args[1], signature.args[1], types.intp)
         intp = context.get_value_type(types.intp)
         n_in = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
@@ -302,7 +301,7 @@ def _make_narrow_block(n_samples):
 
         def codegen(context, builder, signature, args):
             intp = context.get_value_type(types.intp)
-            w1a = context.make_array(signature.args[3])(context, builder, args[3])
+            w1a, = _array_args(context, builder, signature, args, (3,))
             width = cgutils.unpack_tuple(builder, w1a.shape, signature.args[3].ndim)[-1]
             end = builder.append_basic_block("narrow.end")
             switch = builder.switch(width, end)
@@ -323,10 +322,7 @@ def _make_narrow_block(n_samples):
 def _narrow_codegen(context, builder, signature, args, n_samples, w):
     """IR of ``_make_narrow_block``'s block for a leaf exactly ``w`` units wide."""
     tys = signature.args
-    xa = context.make_array(tys[0])(context, builder, args[0])
-    ra = context.make_array(tys[1])(context, builder, args[1])
-    wa = context.make_array(tys[3])(context, builder, args[3])
-    oa = context.make_array(tys[5])(context, builder, args[5])
+    xa, ra, wa, oa = _array_args(context, builder, signature, args, (0, 1, 3, 5))
     start_, woff_, ooff_, ostride_ = _intp_args(context, builder, signature, args, (2, 4, 6, 7))
     intp = context.get_value_type(types.intp)
 
@@ -451,8 +447,7 @@ def _dots_intrinsic_codegen(m):
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        aa = context.make_array(tys[0])(context, builder, args[0])
-        ba = context.make_array(tys[2 * m + 1])(context, builder, args[2 * m + 1])
+        aa, ba = _array_args(context, builder, signature, args, (0, 2 * m + 1))
         vals = _intp_args(context, builder, signature, args, list(range(1, 2 * m + 1)) + [2 * m + 2])
         offs = [(vals[2 * t], vals[2 * t + 1]) for t in range(m)]
         out = _dots_codegen(context, builder, aa, ba, offs, vals[-1], tys[0].dtype)
@@ -483,8 +478,7 @@ def _dot(typingctx, a, aoff, b, boff, n):
 
     def codegen(context, builder, signature, args):
         tys = signature.args
-        aa = context.make_array(tys[0])(context, builder, args[0])
-        ba = context.make_array(tys[2])(context, builder, args[2])
+        aa, ba = _array_args(context, builder, signature, args, (0, 2))
         aoff_, boff_, n_ = _intp_args(context, builder, signature, args, (1, 3, 4))
         return _dots_codegen(context, builder, aa, ba, [(aoff_, boff_)], n_, tys[0].dtype)[0]
 
