@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 import fffcpu
 from fffcpu import FFF, engine
-from fffcpu.kernels.fff import _dot
+from fffcpu.kernels import fff as kernels
 
 from .common import (SETTLE_S, THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians,
                      median_time, peak_memory, settle, table)
@@ -203,8 +203,6 @@ def breakdown(model, pool, threads, budget):
     allocation). Larger batches: routing alone (``engine.route``) and the leaf evaluation alone
     (``engine.leaf_outputs`` with the leaves precomputed, samples sorted by leaf included).
     """
-    from fffcpu.kernels import fff as kernels
-
     P, p, d = len(pool), model.params, model.depth
     if len(pool[0]) <= engine.SERIAL_MAX:
         outs = [np.empty((len(x), OUTPUT_WIDTH), np.float32) for x in pool]
@@ -293,7 +291,7 @@ def _row_sums(rows, ones, n_chunks):
     for c in numba.prange(n_chunks):
         acc = 0.0
         for r in range(c * n // n_chunks, (c + 1) * n // n_chunks):
-            acc += _dot(rows, r * m, ones, 0, m)
+            acc += kernels._dot(rows, r * m, ones, 0, m)
         partial[c] = acc
     return partial.sum()
 
@@ -302,8 +300,6 @@ def in_cache_costs(model, x, repeats=200):
     """Single-thread cost of the engine's two building blocks with everything in cache: seconds per node dot
     product (``_route_serial`` on 64 samples, 200 KB of inputs, over and over) and per sample of a leaf evaluated
     in full tiles (the 64 samples all sent to leaf 0, ``_eval_tiles_serial``). Fastest of 20 timings."""
-    from fffcpu.kernels import fff as kernels
-
     p, d = model.params, model.depth
     x = np.ascontiguousarray(x[:64])
     n = len(x)
@@ -337,8 +333,6 @@ def leaf_costs_by_width(widths=COST_WIDTHS, repeats=50):
     """Single-thread, in-cache cost of evaluating one leaf per sample, for leaves of each width: 64 samples all
     sent to one leaf, in full tiles (``_eval_tiles_serial``), input 784, output 10, float32. Fastest of 20 timings
     of ``repeats`` calls. Returns rows (width, seconds per sample)."""
-    from fffcpu.kernels import fff as kernels
-
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, INPUT_WIDTH), dtype=np.float32)
     same = np.zeros(len(x), np.int64)
