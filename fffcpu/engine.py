@@ -43,7 +43,7 @@ run concurrently.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numba
 import numpy as np
@@ -215,8 +215,8 @@ def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method
             with _PARALLEL_LOCK:
                 _k._predict_parallel(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out, _chunks(n, threads))
         else:
-            leaves = route(x, nw, nb, depth, method="parallel" if threads > 1 else "serial")
-            _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)
+            with _parallel_lock(threads):
+                _k._predict_grouped(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out, threads)
     return out
 
 
@@ -276,18 +276,13 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
 
 
 def _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
-    n_leaves = w1s.shape[0]
-    if n_leaves <= max(4 * len(leaves), 1 << 16):  # a counting sort, O(n + leaves): 10x faster than argsort
-        order = _k._leaf_order(leaves, n_leaves)
-    else:
-        order = np.argsort(leaves, kind="stable")
-    starts, tile_leaf = _k._make_tiles(leaves, order, _k.TILE)
-    if threads <= 1:
-        _k._eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out)
-    else:
-        with _PARALLEL_LOCK:
-            _k._eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out,
-                                    _chunks(len(tile_leaf), threads))
+    with _parallel_lock(threads):
+        _k._eval_grouped(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)
+
+
+def _parallel_lock(threads: int):
+    """The lock around parallel launches (see the module docstring); single-threaded kernels need none."""
+    return _PARALLEL_LOCK if threads > 1 else nullcontext()
 
 
 def _param_arrays(params: dict):

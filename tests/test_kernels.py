@@ -107,6 +107,29 @@ def test_leaf_tiles_in_any_split_give_the_per_sample_bits(leaf_width, dtype):
     np.testing.assert_allclose(expected, model._hard_outputs_reference(x, leaves), **TOL[dtype])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("n_leaves", [16, kernels.COUNTING_SORT_LEAVES + 3])
+def test_grouped_evaluation_in_one_call_gives_the_per_sample_bits(n_leaves, threads):
+    # _eval_grouped sorts the samples by leaf (a counting sort, or a merge sort when there are many more leaves
+    # than samples), makes the tiles and evaluates them in one compiled call: the bits of each sample on its own.
+    rng = np.random.default_rng(n_leaves)
+    n_in, width, n_out = 5, 3, 2
+    w1s = rng.normal(size=(n_leaves, n_in, width)).astype(np.float32)
+    b1s = rng.normal(size=(n_leaves, width)).astype(np.float32)
+    w2s = rng.normal(size=(n_leaves, width, n_out)).astype(np.float32)
+    b2s = rng.normal(size=(n_leaves, n_out)).astype(np.float32)
+    x = rng.normal(size=(300, n_in)).astype(np.float32)
+    leaves = rng.integers(0, n_leaves, size=len(x))
+    leaves[:20] = n_leaves - 1  # a leaf with several tiles
+    act = kernels.ACTIVATION_CODES["relu"]
+    expected = np.empty((len(x), n_out), np.float32)
+    kernels._eval_leaves_serial(x, leaves, w1s, b1s, w2s, b2s, act, expected)
+    got = np.full_like(expected, np.nan)
+    with engine.num_threads(threads):
+        kernels._eval_grouped(x, leaves, w1s, b1s, w2s, b2s, act, got, threads)
+    np.testing.assert_array_equal(got, expected)
+
+
 def narrow_order(x, w1):
     """The pre-activations of a leaf 1, 2, 4 or 8 units wide summed in the order ``kernels._make_narrow_block``
     documents, one IEEE operation at a time in the dtype of ``x`` (NumPy's elementwise ops do not fuse)."""

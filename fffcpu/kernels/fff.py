@@ -759,6 +759,44 @@ def _eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, o
         _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act, part, hid, out)
 
 
+#: Above this many leaves (and 4 per sample), samples are sorted by leaf with a merge sort instead of the counting
+#: sort, whose O(n_leaves) pass would then cost more than the batch's own work.
+COUNTING_SORT_LEAVES = 1 << 16
+
+
+@njit(cache=True, nogil=True)
+def _eval_grouped(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
+    """The grouped evaluation as one compiled call: samples sorted by leaf (stably), split into tiles of one leaf
+    (``_make_tiles``), the tiles evaluated over ``threads`` Numba threads (on the calling thread for 1). Compiled
+    as one function so that the steps between the parallel launches cost no Python-level calls (about 5-10% of a
+    batch-256 call)."""
+    n_leaves = w1s.shape[0]
+    if n_leaves <= max(4 * leaves.shape[0], COUNTING_SORT_LEAVES):  # O(n + leaves): 10x faster than a sort
+        order = _leaf_order(leaves, n_leaves)
+    else:
+        order = np.argsort(leaves, kind="mergesort")  # stable
+    starts, tile_leaf = _make_tiles(leaves, order, TILE)
+    n_tiles = tile_leaf.shape[0]
+    if threads <= 1:
+        _eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out)
+    else:
+        _eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out,
+                             max(1, min(n_tiles, 4 * threads)))
+
+
+@njit(cache=True, nogil=True)
+def _predict_grouped(x, node_weights, node_biases, w1s, b1s, w2s, b2s, depth, act, out, threads):
+    """Route every sample (in parallel for ``threads`` > 1), then ``_eval_grouped``: the "grouped" path as one
+    compiled call."""
+    leaves = np.zeros(x.shape[0], dtype=np.int64)
+    if depth > 0:
+        if threads > 1:
+            _route_parallel(x, node_weights, node_biases, depth, leaves)
+        else:
+            _route_serial(x, node_weights, node_biases, depth, leaves)
+    _eval_grouped(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)
+
+
 @njit(cache=True, nogil=True)
 def _eval_leaves_serial(x, leaves, w1s, b1s, w2s, b2s, act, out):
     """Per sample, in input order, the output of its given leaf (no sorting): for small batches."""
