@@ -23,6 +23,10 @@ import math
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 from threadpoolctl import threadpool_limits
 
 import fffcpu
@@ -296,6 +300,72 @@ def _row_sums(rows, ones, n_chunks):
     return partial.sum()
 
 
+#: Independent multiply-add chains of the peak probe: more than the FMA latency times the FMA pipes of a core.
+PEAK_CHAINS = 12
+
+
+@intrinsic
+def _fma_chains(typingctx, scale, shift, n):
+    """``n`` steps of ``acc = fma(acc, scale, shift)`` on ``PEAK_CHAINS`` independent 16-lane float32 accumulators
+    held in registers (no memory traffic); returns the sum of their lanes so that nothing is optimised away."""
+    if not (scale == types.float32 and shift == types.float32 and isinstance(n, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        vty = ir.VectorType(f32, kernels.LANES)
+        intp = context.get_value_type(types.intp)
+        a = kernels._splat(builder, args[0], vty)
+        b = kernels._splat(builder, args[1], vty)
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                             f"llvm.fma.v{kernels.LANES}f32")
+        start = [builder.fadd(b, ir.Constant(vty, [float(c)] * kernels.LANES)) for c in range(PEAK_CHAINS)]
+        accs = [cgutils.alloca_once_value(builder, v) for v in start]
+        count = context.cast(builder, args[2], signature.args[2], types.intp)
+        with cgutils.for_range(builder, count, intp=intp):
+            for acc in accs:
+                builder.store(builder.call(fma, [builder.load(acc), a, b]), acc)
+        total = builder.load(accs[0])
+        for acc in accs[1:]:
+            total = builder.fadd(total, builder.load(acc))
+        out = builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+        for k in range(1, kernels.LANES):
+            out = builder.fadd(out, builder.extract_element(total, ir.Constant(ir.IntType(32), k)))
+        return out
+
+    return types.float32(scale, shift, n), codegen
+
+
+@numba.njit(cache=True, parallel=True)
+def _peak_run(n_steps, n_chunks):
+    partial = np.zeros(n_chunks, dtype=np.float32)
+    for c in numba.prange(n_chunks):
+        partial[c] = _fma_chains(np.float32(0.999), np.float32(1e-3), n_steps)
+    return partial.sum()
+
+
+def peak_macs(threads=THREADS, n_steps=2_000_000, repeats=5):
+    """Multiply-adds per second the CPU can do at most in float32 with ``threads`` threads: fused multiply-adds on
+    ``PEAK_CHAINS`` independent 16-lane vectors per thread, all in registers (the median of ``repeats`` timings
+    after a pause). No kernel that does the same number of multiply-adds can be faster than that count divided by
+    this rate: the engine's kernels, which multiply and add separately (to keep IEEE results independent of the
+    compiler), are bounded by it too."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        _peak_run(10, threads)  # compiled (or loaded from cache) before timing
+        settle()
+        t, _ = median_time(lambda k: _peak_run(n_steps, threads), min_repeats=repeats, max_repeats=repeats)
+    finally:
+        numba.set_num_threads(saved)
+    return threads * n_steps * PEAK_CHAINS * kernels.LANES / t
+
+
+def call_macs(r):
+    """Multiply-adds of one fffcpu call: per sample, ``depth`` node dot products and the leaf's two layers."""
+    return r["batch"] * (r["depth"] * INPUT_WIDTH + INPUT_WIDTH * r["leaf"] + r["leaf"] * OUTPUT_WIDTH)
+
+
 def in_cache_costs(model, x, repeats=200):
     """Single-thread cost of the engine's two building blocks with everything in cache: seconds per node dot
     product (``_route_serial`` on 64 samples, 200 KB of inputs, over and over) and per sample of a leaf evaluated
@@ -408,7 +478,10 @@ def ceiling_table(rows, threads):
                   "speedup ceiling vs dense", "measured speedup", "ceiling vs torch pkg", "measured vs torch pkg"], out)
 
 
-def evaluate_targets(rows, use_torch):
+def evaluate_targets(rows, use_torch, peak=None):
+    """The targets' rows: (target, measured, status). With ``peak`` (multiply-adds per second, ``peak_macs``), the
+    torch-package target also names the points that no kernel can bring to 100x: those whose multiply-adds alone,
+    at the peak rate, take more than a hundredth of the torch package's measured time."""
     out = []
     for text, where, key, threshold in TARGETS:
         hits = [r for r in rows if all(r[k] == v for k, v in where.items())]
@@ -426,8 +499,17 @@ def evaluate_targets(rows, use_torch):
     else:
         worst = min(pts, key=lambda r: r["vs_pkg"])
         n_ok = sum(r["vs_pkg"] >= 100 for r in pts)
-        out.append((text, f"{n_ok}/{len(pts)} points; lowest {worst['vs_pkg']:.0f}x (width {worst['width']}, depth "
-                          f"{worst['depth']}, leaf {worst['leaf']})", "met" if n_ok == len(pts) else "missed"))
+        measured = (f"{n_ok}/{len(pts)} points; lowest {worst['vs_pkg']:.0f}x (width {worst['width']}, depth "
+                    f"{worst['depth']}, leaf {worst['leaf']})")
+        status = "met" if n_ok == len(pts) else "missed"
+        beyond = [r for r in pts if peak and r["t_pkg"] * peak / call_macs(r) < 100]
+        if beyond and status == "missed":
+            measured += (f"; out of reach at {len(beyond)} of them, whose multiply-adds alone take more than 1/100 "
+                         f"of the torch package's time at the measured peak of {peak / 1e9:.0f} GMAC/s: "
+                         + ", ".join(f"width {r['width']} depth {r['depth']} leaf {r['leaf']} at most "
+                                     f"{r['t_pkg'] * peak / call_macs(r):.0f}x" for r in beyond))
+            status = "missed; physically out of reach (multiply-adds vs peak)"
+        out.append((text, measured, status))
     return out
 
 
@@ -440,9 +522,11 @@ def bytes_moved(r):
     return r["distinct_leaves"] * leaf_bytes + node_rows * (INPUT_WIDTH + 1) * f + r["batch"] * INPUT_WIDTH * f
 
 
-def bounds(rows, bandwidth, use_torch):
+def bounds(rows, bandwidth, use_torch, peak):
     """For the target points: the fastest an fffcpu call could be if it only had to stream its bytes at the
-    measured bandwidth, and the speedup that would give (vs dense NumPy, and vs the torch package)."""
+    measured bandwidth, and the speedup that would give (vs dense NumPy, and vs the torch package); then the
+    fastest it could be if it only had to do its multiply-adds at the measured peak rate, and the speedup that
+    would give over the torch package."""
     pts = [r for r in rows if (r["depth"], r["leaf"]) in ((12, 16), (9, 16))]
     if use_torch:
         pts += [r for r in rows if r["leaf"] <= 128 and r["batch"] == 256 and r not in pts]
@@ -450,14 +534,18 @@ def bounds(rows, bandwidth, use_torch):
     for r in pts:
         b = bytes_moved(r)
         t_min = b / bandwidth
-        macs = r["batch"] * (r["depth"] * INPUT_WIDTH + INPUT_WIDTH * r["leaf"] + r["leaf"] * OUTPUT_WIDTH)
+        macs = call_macs(r)
+        t_arith = macs / peak
         out.append([r["width"], r["depth"], r["leaf"], r["batch"], r["distinct_leaves"], fmt_bytes(b),
                     f"{t_min * 1e6:.0f} µs", f"{r['t_fff'] * 1e6:.0f} µs", f"{macs / r['t_fff'] / 1e9:.1f}",
                     fmt_x(r["t_dense"] / t_min), fmt_x(r["speedup"]),
-                    fmt_x(r["t_pkg"] / t_min) if r["t_pkg"] else "–", fmt_x(r["vs_pkg"])])
+                    fmt_x(r["t_pkg"] / t_min) if r["t_pkg"] else "–", fmt_x(r["vs_pkg"]),
+                    f"{macs / 1e6:.1f}M", f"{t_arith * 1e6:.0f} µs",
+                    fmt_x(r["t_pkg"] / t_arith) if r["t_pkg"] else "–"])
     headers = ["width", "depth", "ℓ", "batch", "distinct leaves", "bytes read (lower bound)",
                "time at measured bandwidth", "measured fffcpu time", "fffcpu GMAC/s",
-               "speedup bound vs dense", "measured speedup", "bound vs torch pkg", "measured vs torch pkg"]
+               "speedup bound vs dense", "measured speedup", "bound vs torch pkg", "measured vs torch pkg",
+               "multiply-adds", "time at peak arithmetic", "peak-arithmetic bound vs torch pkg"]
     return table(headers, out)
 
 
@@ -504,8 +592,9 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
              fmt_x(r["speedup"]), fmt_x(r["limit"]), f"{r['fraction']:.0%}", fmt_rate(r["torch_dense"]),
              fmt_rate(r["torch_pkg"]), fmt_x(r["vs_pkg"]), fmt_bytes(r["mem_fff"]), fmt_bytes(r["mem_dense"])]
             for r in rows]
-    targets = evaluate_targets(rows, use_torch)
     bandwidth = read_bandwidth(threads)
+    peak = peak_macs(threads)
+    targets = evaluate_targets(rows, use_torch, peak)
     md = [
         f"Input {INPUT_WIDTH}, output {OUTPUT_WIDTH}, ReLU, float32, {threads} threads for every library. "
         "Samples/s are medians over repeated calls after a warm-up call; every call gets a different input batch. "
@@ -528,7 +617,15 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
         "that time would give over the measured dense and torch-package times: a target above its bound cannot be "
         "met by a kernel that reads these bytes from memory. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only; larger ones can too, in part, when the leaves a call reaches overlap with those of the calls just before it (the \"only read\" column of the breakdown below shows how fast those bytes come in practice). Python-level call overhead (checks, dispatch, allocation: measured below) is not in the bound and matters at batch 1.",
         "",
-        bounds(rows, bandwidth, use_torch),
+        f"The last three columns do the same for arithmetic: the call's multiply-adds (per sample: d node dot "
+        f"products of {INPUT_WIDTH} for a tree of depth d, the leaf's {INPUT_WIDTH} x ℓ and ℓ x {OUTPUT_WIDTH} layers), the time "
+        f"they take at the peak rate of this machine, {peak / 1e9:.0f} GMAC/s with {threads} threads (measured: "
+        f"fused multiply-adds on {PEAK_CHAINS} independent 16-lane float32 vectors per thread, in registers), and "
+        "the speedup over the torch package that time would give: a point whose bound is below 100x cannot reach "
+        "the torch-package target with any kernel that does every multiply-add of the layer, whatever its memory "
+        "access.",
+        "",
+        bounds(rows, bandwidth, use_torch, peak),
     ]
     if any(r.get("parts") for r in rows):
         md += ["", "Where the time goes at the dense-NumPy target points (each part timed on its own, in turns with "
@@ -554,7 +651,7 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
     if plot_path:
         plot(rows, plot_path)
     return Section("Hard inference: fffcpu vs dense FF and the PyTorch package", "\n".join(md), rows, checks,
-                   {"targets": targets, "bandwidth": bandwidth, "leaf_costs": costs})
+                   {"targets": targets, "bandwidth": bandwidth, "peak_macs": peak, "leaf_costs": costs})
 
 
 def main(argv=None):

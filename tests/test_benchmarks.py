@@ -91,3 +91,19 @@ def test_bandwidth_probe_sums_every_element():
     for chunks in (1, 2, 5):
         assert inference._row_sums(rows, ones, chunks) == pytest.approx(rows.astype(np.float64).sum(), rel=1e-5)
     assert inference.read_bandwidth(2, n_bytes=8 << 20, repeats=1) > 0
+
+
+def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
+    peak = inference.peak_macs(2, n_steps=20_000, repeats=1)
+    assert peak > 0
+    row = dict(width=1024, depth=3, leaf=128, batch=256, vs_pkg=20.0)
+    macs = inference.call_macs(row)
+    assert macs == 256 * (3 * 784 + 784 * 128 + 128 * 10)
+    # a torch-package time 50x the call's multiply-adds at the peak rate: out of reach; 500x: not
+    slow = dict(row, t_pkg=50 * macs / peak)
+    fast = dict(row, width=128, depth=6, leaf=2, t_pkg=500 * inference.call_macs(dict(row, depth=6, leaf=2)) / peak)
+    (_, measured, status), = [t for t in inference.evaluate_targets([slow, fast], True, peak) if "torch" in t[0]]
+    assert status == "missed; physically out of reach (multiply-adds vs peak)"
+    assert "out of reach at 1 of them" in measured and "width 1024 depth 3 leaf 128 at most 50x" in measured
+    (_, measured, status), = [t for t in inference.evaluate_targets([fast], True, peak) if "torch" in t[0]]
+    assert status == "missed" and "out of reach" not in measured
