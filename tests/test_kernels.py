@@ -171,7 +171,9 @@ def _dots_with_column(x, w):
 
 #: Leaves of the samples in the order tests: leaf 0 gets a tile of 6 samples (a block of 4, then single samples),
 #: leaf 1 a tile of 5, leaf 2 a tile of 2.
-ORDER_TEST_LEAVES = np.array([0, 0, 0, 0, 0, 1, 2, 2, 0, 1, 1, 1, 1])
+# Leaf 0: one tile of 7 samples (blocks of 4 and 3); leaf 1: 5 (4 and 1); leaf 2: 10, tiles of 8 (4 and 4) and 2
+# (a block of 2; for leaves of WIDE units or more, the long-row loops)
+ORDER_TEST_LEAVES = np.array([0, 0, 2, 0, 1, 2, 2, 0, 1, 2, 0, 2, 1, 2, 0, 2, 1, 2, 0, 2, 1, 2])
 
 
 def exact_preactivations(x, w1s, leaves):
@@ -208,10 +210,12 @@ def test_narrow_leaves_sum_in_the_documented_order(leaf_width, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("leaf_width", [3, 12, 16, 17, 20, 33, kernels.WIDE, kernels.WIDE + 19])
 def test_blocks_and_masked_blocks_sum_in_the_documented_order(leaf_width, dtype):
-    # leaves of WIDE units or more: tiles of 4+ samples (leaves 0 and 1) go through the blocks, smaller ones
-    # (leaf 2) through the long-row loops; both must give these bits
+    # tiles of 7, 5, 8 and 2 samples: blocks of 4, 3, 2 and 1 samples; for leaves of WIDE units or more the tile
+    # of 2 goes through the long-row loops instead; all must give these bits
     rng = np.random.default_rng(leaf_width)
     leaves = ORDER_TEST_LEAVES
+    starts, _ = kernels._make_tiles(leaves, kernels._leaf_order(leaves, 3), kernels.TILE)
+    assert sorted(np.diff(starts)) == [2, 5, 7, 8]
     for n_in in (1, 2, 3, 4, 5, 7, 70, 784):
         w1s = rng.normal(size=(3, n_in, leaf_width)).astype(dtype)
         x = rng.normal(size=(len(leaves), n_in)).astype(dtype)

@@ -266,9 +266,15 @@ def _prefetch_row(typingctx, x, row):
     return types.none(x, row), codegen
 
 
+# One block per sample count, 1 to 4: a tile of c samples goes through c // 4 blocks of 4 and one block of the
+# remaining c % 4, so that every sample of a tile shares the block's W1 loads (same sums whatever the count).
 _hidden_block1 = _make_hidden_block(1)
+_hidden_block2 = _make_hidden_block(2)
+_hidden_block3 = _make_hidden_block(3)
 _hidden_block4 = _make_hidden_block(4)
 _masked_block1 = _make_hidden_block(1, masked=True)
+_masked_block2 = _make_hidden_block(2, masked=True)
+_masked_block3 = _make_hidden_block(3, masked=True)
 _masked_block4 = _make_hidden_block(4, masked=True)
 
 #: Leaf widths that the narrow blocks evaluate as one flat run (the divisors of ``LANES`` below it); other widths
@@ -388,6 +394,8 @@ def _narrow_codegen(context, builder, signature, args, n_samples, w):
 
 
 _narrow_block1 = _make_narrow_block(1)
+_narrow_block2 = _make_narrow_block(2)
+_narrow_block3 = _make_narrow_block(3)
 _narrow_block4 = _make_narrow_block(4)
 
 
@@ -551,9 +559,13 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         while t + 4 <= count:
             _narrow_block4(x, order, start + t, w1s, leaf_off, hid, t * width, width)
             t += 4
-        while t < count:
+        rest = count - t
+        if rest == 3:
+            _narrow_block3(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+        elif rest == 2:
+            _narrow_block2(x, order, start + t, w1s, leaf_off, hid, t * width, width)
+        elif rest == 1:
             _narrow_block1(x, order, start + t, w1s, leaf_off, hid, t * width, width)
-            t += 1
     elif width < WIDE or count >= 4:
         w16 = width - width % LANES
         leaf_off = leaf * n_in * width
@@ -564,18 +576,25 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
                 _hidden_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
                 pf = -1
                 t += 4
-            while t < count:
+            rest = count - t
+            if rest == 3:
+                _hidden_block3(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
+            elif rest == 2:
+                _hidden_block2(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
+            elif rest == 1:
                 _hidden_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
-                pf = -1
-                t += 1
         if w16 < width:  # the last width % 16 units: the same sums, through masked loads and stores
             t = 0
             while t + 4 <= count:
                 _masked_block4(x, order, start + t, w1s, leaf_off + w16, hid, t * width + w16, width, -1, width - w16)
                 t += 4
-            while t < count:
+            rest = count - t
+            if rest == 3:
+                _masked_block3(x, order, start + t, w1s, leaf_off + w16, hid, t * width + w16, width, -1, width - w16)
+            elif rest == 2:
+                _masked_block2(x, order, start + t, w1s, leaf_off + w16, hid, t * width + w16, width, -1, width - w16)
+            elif rest == 1:
                 _masked_block1(x, order, start + t, w1s, leaf_off + w16, hid, t * width + w16, width, -1, width - w16)
-                t += 1
     else:
         for r in range(4):
             for t in range(count):
