@@ -13,7 +13,7 @@ import time
 
 from .common import THREADS, machine_info, table
 
-MODULES = ["benchmarks.inference", "benchmarks.training", "benchmarks.ultra"]
+MODULES = ["benchmarks.inference", "benchmarks.probes", "benchmarks.training", "benchmarks.ultra"]
 
 
 def build_report(sections, info, *, quick, seconds, startup=None) -> str:

@@ -34,8 +34,20 @@ import fffcpu
 from fffcpu import FFF, engine
 from fffcpu.kernels import fff as kernels
 
-from .common import (SETTLE_S, THREADS, Section, fmt_bytes, fmt_rate, fmt_x, have_torch, interleaved_medians,
-                     median_time, peak_memory, settle, table)
+from .common import (
+    SETTLE_S,
+    THREADS,
+    Section,
+    fmt_bytes,
+    fmt_rate,
+    fmt_x,
+    have_torch,
+    interleaved_medians,
+    median_time,
+    peak_memory,
+    settle,
+    table,
+)
 
 INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
 WIDTHS, DEPTHS, BATCHES = (128, 1024, 8192, 65536), (3, 6, 9, 12), (1, 256, 4096)

@@ -12,7 +12,7 @@ import fffcpu
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import inference, training  # noqa: E402
+from benchmarks import inference, probes, training  # noqa: E402
 from benchmarks.common import have_torch  # noqa: E402
 
 
@@ -107,3 +107,20 @@ def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
     assert "out of reach at 1 of them" in measured and "width 1024 depth 3 leaf 128 at most 50x" in measured
     (_, measured, status), = [t for t in inference.evaluate_targets([fast], True, peak) if "torch" in t[0]]
     assert status == "missed" and "out of reach" not in measured
+
+
+def test_engine_probes_quick_run_renders_every_table():
+    section = probes.run(quick=True)
+    f = section.figures
+    assert all(t > 0 for t in [*f["loads"].values(), *f["dots"].values(), *f["traffic"].values(),
+                               *f["node_rows"].values()])
+    assert set(f["node_rows"]) == {(6, 784), (6, 392), (9, 784), (9, 392)}
+    for needle in ("| probe | aligned to 64 bytes |", "| route |", "| leaves |", "| 9 |"):
+        assert needle in section.markdown
+
+
+def test_aligned_array_starts_where_asked():
+    rng = np.random.default_rng(0)
+    for offset in (0, 4, 16):
+        a = probes.aligned_array(100, np.float32, offset, rng)
+        assert a.ctypes.data % 64 == offset and a.shape == (100,) and np.isfinite(a).all()

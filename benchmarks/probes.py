@@ -1,0 +1,174 @@
+"""Probes of the machine under the hard-inference engine: what a vector load, a node dot product, an input batch and
+a node row cost, measured on their own. They explain the breakdown of the inference section (docs/engine.md reads
+them).
+
+* Vector loads and alignment: a sum of 3136 float32 (196 16-lane loads) held in L1, the array starting on a 64-byte
+  boundary or 16 bytes past one (where NumPy puts large arrays): a load that straddles two cache lines costs two.
+* Node dot products in cache: routing 256 samples down a depth-3 tree (all rows in L1/L2), one thread, with the
+  input rows aligned to 64 bytes or 16 bytes past.
+* Input traffic: at depth 9, leaf 16, batch 4096 (2 threads), routing and the leaf evaluation with a new input batch
+  per call (from a pool larger than the L3, as in the inference benchmark) or the same batch at every call.
+* Node-row bytes: routing at batch 4096 (2 threads) with 784 and with 392 inputs per sample, the same depth.
+
+Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.probes [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numba
+import numpy as np
+
+from fffcpu import FFF, engine
+from fffcpu.kernels import fff as kernels
+
+from .common import THREADS, Section, interleaved_medians, table
+
+INPUT_WIDTH = 784
+
+
+def aligned_array(n, dtype, offset_bytes, rng):
+    """Standard-normal array of ``n`` elements whose first element is ``offset_bytes`` past a 64-byte boundary."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.empty(n * itemsize + 128, dtype=np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset_bytes
+    a = buf[start:start + n * itemsize].view(dtype)
+    a[:] = rng.standard_normal(n)
+    return a
+
+
+@numba.njit(cache=True, fastmath=True)
+def _sum_repeated(a, repeats):
+    # fastmath lets the sum use independent vector partial sums: the loop is bound by its loads
+    total = np.float32(0)
+    for _ in range(repeats):
+        acc = np.float32(0)
+        for i in range(a.shape[0]):
+            acc += a[i]
+        total += acc
+    return total
+
+
+@numba.njit(cache=True)
+def _route_repeated(x, node_weights, node_biases, depth, leaves, repeats):
+    for _ in range(repeats):
+        kernels._route_serial(x, node_weights, node_biases, depth, leaves)
+
+
+def _best_per_call(fn, calls, timings=7):
+    """Fastest of ``timings`` timings of ``fn(calls)``, per call (in-cache loops: the fastest is the cleanest)."""
+    import time
+    fn(1)
+    best = np.inf
+    for _ in range(timings):
+        t0 = time.perf_counter()
+        fn(calls)
+        best = min(best, time.perf_counter() - t0)
+    return best / calls
+
+
+def load_alignment(repeats=200_000):
+    rng = np.random.default_rng(0)
+    out = {}
+    for offset in (0, 16):
+        a = aligned_array(3136, np.float32, offset, rng)
+        out[offset] = _best_per_call(lambda k: _sum_repeated(a, k), repeats)
+    return out
+
+
+def dot_alignment(repeats=50, samples=256, depth=3):
+    rng = np.random.default_rng(1)
+    model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    nw, nb = model.params["node_weights"], model.params["node_biases"]
+    leaves = np.empty(samples, dtype=np.int64)
+    out = {}
+    for offset in (0, 16):
+        x = aligned_array(samples * INPUT_WIDTH, np.float32, offset, rng).reshape(samples, INPUT_WIDTH)
+        out[offset] = _best_per_call(lambda k: _route_repeated(x, nw, nb, depth, leaves, k), repeats) / (samples * depth)
+    return out
+
+
+def input_traffic(depth=9, batch=4096, threads=THREADS, budget=1.0):
+    rng = np.random.default_rng(2)
+    model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    p = model.params
+    pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(5)]
+    leaves = [model.route(x, n_jobs=threads) for x in pool]
+    P = len(pool)
+
+    def route(x):
+        return engine.route(x, p["node_weights"], p["node_biases"], depth, n_jobs=threads)
+
+    timed = interleaved_medians({
+        "route new": lambda k: route(pool[k % P]),
+        "route same": lambda k: route(pool[0]),
+        "leaves new": lambda k: engine.leaf_outputs(pool[k % P], leaves[k % P], p, "relu", n_jobs=threads),
+        "leaves same": lambda k: engine.leaf_outputs(pool[0], leaves[0], p, "relu", n_jobs=threads),
+    }, budget=budget, max_repeats=dict.fromkeys(("route new", "route same", "leaves new", "leaves same"), 200))
+    return {k: v[0] for k, v in timed.items()}
+
+
+def node_row_bytes(depths=(9, 12), batch=4096, threads=THREADS, budget=1.0):
+    rng = np.random.default_rng(3)
+    fns = {}
+    for depth in depths:
+        for n_in in (INPUT_WIDTH, INPUT_WIDTH // 2):
+            model = FFF(n_in, 16, 10, depth, dtype="float32", seed=0)
+            nw, nb = model.params["node_weights"], model.params["node_biases"]
+            pool = [rng.standard_normal((batch, n_in), dtype=np.float32) for _ in range(5)]
+            fns[(depth, n_in)] = (lambda pool, nw, nb, depth:
+                                  lambda k: engine.route(pool[k % 5], nw, nb, depth, n_jobs=threads))(pool, nw, nb, depth)
+    timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
+    return {k: v[0] for k, v in timed.items()}
+
+
+def run(quick=False, *, threads=THREADS) -> Section:
+    batch = 512 if quick else 4096
+    budget = 0.2 if quick else 1.0
+    loads = load_alignment(2_000 if quick else 200_000)
+    dots = dot_alignment(2 if quick else 50)
+    traffic = input_traffic(6 if quick else 9, batch=batch, threads=threads, budget=budget)
+    depths = (6, 9) if quick else (9, 12)
+    rows_bytes = node_row_bytes(depths, batch=batch, threads=threads, budget=budget)
+    ms = 1e3
+    body = [
+        ["sum of 3136 float32 in L1 (196 16-lane loads), one thread", f"{loads[0] * 1e9:.1f} ns",
+         f"{loads[16] * 1e9:.1f} ns", f"{loads[16] / loads[0]:.2f}"],
+        ["node dot product of 784, rows in L1/L2 (depth 3, 256 samples), one thread", f"{dots[0] * 1e9:.1f} ns",
+         f"{dots[16] * 1e9:.1f} ns", f"{dots[16] / dots[0]:.2f}"],
+    ]
+    md = [
+        "Vector loads and alignment: the array starts on a 64-byte boundary, or 16 bytes past one (where NumPy puts "
+        "a large array). Every 16-lane load of an array 16 bytes off straddles two cache lines.",
+        "",
+        table(["probe", "aligned to 64 bytes", "16 bytes past", "ratio"], body),
+        "",
+        f"Input traffic, depth {6 if quick else 9}, leaf 16, batch {batch}, {threads} threads: a new input batch at every call (from a "
+        "pool of five, larger than the L3) or the same batch at every call (read again from the caches).",
+        "",
+        table(["part", "new input per call", "same input at every call", "difference"], [
+            [part, f"{traffic[part + ' new'] * ms:.3f} ms", f"{traffic[part + ' same'] * ms:.3f} ms",
+             f"{(traffic[part + ' new'] - traffic[part + ' same']) * ms:.3f} ms"]
+            for part in ("route", "leaves")]),
+        "",
+        f"Node-row bytes: routing at batch {batch}, {threads} threads, with inputs of 784 and of 392 values (node rows "
+        "and input rows half as long; the same number of dot products).",
+        "",
+        table(["depth", "784 inputs", "392 inputs", "ratio"], [
+            [d, f"{rows_bytes[(d, INPUT_WIDTH)] * ms:.3f} ms", f"{rows_bytes[(d, INPUT_WIDTH // 2)] * ms:.3f} ms",
+             f"{rows_bytes[(d, INPUT_WIDTH)] / rows_bytes[(d, INPUT_WIDTH // 2)]:.2f}"] for d in depths]),
+    ]
+    return Section("Engine probes: loads, alignment, input traffic, node-row bytes", "\n".join(md),
+                   figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes})
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(run(args.quick).markdown)
+
+
+if __name__ == "__main__":
+    main()
