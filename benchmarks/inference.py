@@ -18,7 +18,6 @@ Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.inf
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -45,6 +44,7 @@ from .common import (
     interleaved_medians,
     median_time,
     peak_memory,
+    section_main,
     settle,
     table,
 )
@@ -672,10 +672,7 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(run(args.quick).markdown)
+    section_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

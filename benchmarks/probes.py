@@ -15,7 +15,7 @@ Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.pro
 
 from __future__ import annotations
 
-import argparse
+import functools
 
 import numba
 import numpy as np
@@ -23,7 +23,7 @@ import numpy as np
 from fffcpu import FFF, engine
 from fffcpu.kernels import fff as kernels
 
-from .common import THREADS, Section, interleaved_medians, table
+from .common import THREADS, Section, interleaved_medians, section_main, table
 
 INPUT_WIDTH = 784
 
@@ -73,7 +73,7 @@ def load_alignment(repeats=200_000):
     out = {}
     for offset in (0, 16):
         a = aligned_array(3136, np.float32, offset, rng)
-        out[offset] = _best_per_call(lambda k: _sum_repeated(a, k), repeats)
+        out[offset] = _best_per_call(functools.partial(_sum_repeated, a), repeats)
     return out
 
 
@@ -85,7 +85,8 @@ def dot_alignment(repeats=50, samples=256, depth=3):
     out = {}
     for offset in (0, 16):
         x = aligned_array(samples * INPUT_WIDTH, np.float32, offset, rng).reshape(samples, INPUT_WIDTH)
-        out[offset] = _best_per_call(lambda k: _route_repeated(x, nw, nb, depth, leaves, k), repeats) / (samples * depth)
+        route = functools.partial(_route_repeated, x, nw, nb, depth, leaves)
+        out[offset] = _best_per_call(route, repeats) / (samples * depth)
     return out
 
 
@@ -117,10 +118,13 @@ def node_row_bytes(depths=(9, 12), batch=4096, threads=THREADS, budget=1.0):
             model = FFF(n_in, 16, 10, depth, dtype="float32", seed=0)
             nw, nb = model.params["node_weights"], model.params["node_biases"]
             pool = [rng.standard_normal((batch, n_in), dtype=np.float32) for _ in range(5)]
-            fns[(depth, n_in)] = (lambda pool, nw, nb, depth:
-                                  lambda k: engine.route(pool[k % 5], nw, nb, depth, n_jobs=threads))(pool, nw, nb, depth)
+            fns[(depth, n_in)] = functools.partial(_route_from_pool, pool, nw, nb, depth, threads)
     timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
     return {k: v[0] for k, v in timed.items()}
+
+
+def _route_from_pool(pool, node_weights, node_biases, depth, threads, k):
+    return engine.route(pool[k % len(pool)], node_weights, node_biases, depth, n_jobs=threads)
 
 
 def run(quick=False, *, threads=THREADS) -> Section:
@@ -139,21 +143,22 @@ def run(quick=False, *, threads=THREADS) -> Section:
          f"{dots[16] * 1e9:.1f} ns", f"{dots[16] / dots[0]:.2f}"],
     ]
     md = [
-        "Vector loads and alignment: the array starts on a 64-byte boundary, or 16 bytes past one (where NumPy puts "
-        "a large array). Every 16-lane load of an array 16 bytes off straddles two cache lines.",
+        ("Vector loads and alignment: the array starts on a 64-byte boundary, or 16 bytes past one (where NumPy puts "
+         "a large array). Every 16-lane load of an array 16 bytes off straddles two cache lines."),
         "",
         table(["probe", "aligned to 64 bytes", "16 bytes past", "ratio"], body),
         "",
-        f"Input traffic, depth {6 if quick else 9}, leaf 16, batch {batch}, {threads} threads: a new input batch at every call (from a "
-        "pool of five, larger than the L3) or the same batch at every call (read again from the caches).",
+        (f"Input traffic, depth {6 if quick else 9}, leaf 16, batch {batch}, {threads} threads: a new input batch at "
+         "every call (from a pool of five, larger than the L3) or the same batch at every call (read again from the "
+         "caches)."),
         "",
         table(["part", "new input per call", "same input at every call", "difference"], [
             [part, f"{traffic[part + ' new'] * ms:.3f} ms", f"{traffic[part + ' same'] * ms:.3f} ms",
              f"{(traffic[part + ' new'] - traffic[part + ' same']) * ms:.3f} ms"]
             for part in ("route", "leaves")]),
         "",
-        f"Node-row bytes: routing at batch {batch}, {threads} threads, with inputs of 784 and of 392 values (node rows "
-        "and input rows half as long; the same number of dot products).",
+        (f"Node-row bytes: routing at batch {batch}, {threads} threads, with inputs of 784 and of 392 values (node "
+         "rows and input rows half as long; the same number of dot products)."),
         "",
         table(["depth", "784 inputs", "392 inputs", "ratio"], [
             [d, f"{rows_bytes[(d, INPUT_WIDTH)] * ms:.3f} ms", f"{rows_bytes[(d, INPUT_WIDTH // 2)] * ms:.3f} ms",
@@ -164,10 +169,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(run(args.quick).markdown)
+    section_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ Medians over steps after warm-up; every step gets a different batch.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -18,7 +16,16 @@ from fffcpu import FF, FFF
 from fffcpu.functional import cross_entropy_grad
 from fffcpu.optim import Adam
 
-from .common import THREADS, Section, fmt_rate, have_torch, median_time, settle, table
+from .common import (
+    THREADS,
+    Section,
+    fmt_rate,
+    have_torch,
+    median_time,
+    section_main,
+    settle,
+    table,
+)
 
 INPUT, LEAF, OUTPUT, DEPTH, HIDDEN, BATCH, HARDENING, LR = 784, 8, 10, 4, 128, 256, 0.1, 1e-3
 TARGET = 2.0  # fffcpu step at least this many times faster than the torch package
@@ -91,9 +98,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    print(run(parser.parse_args(argv).quick).markdown)
+    section_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":
