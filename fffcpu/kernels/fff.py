@@ -799,6 +799,7 @@ def _eval_grouped(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
     if threads <= 1:
         _eval_tiles_serial(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out)
     else:
+        # a few contiguous runs of tiles per thread, for balance (as engine._chunks)
         _eval_tiles_parallel(x, order, starts, tile_leaf, w1s, b1s, w2s, b2s, act, out,
                              max(1, min(n_tiles, 4 * threads)))
 
