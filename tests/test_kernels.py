@@ -324,6 +324,14 @@ def test_dispatcher_choices():
     assert engine.choose_method(engine.SERIAL_MAX + 1, 2) == "parallel"
     assert engine.choose_method(engine.GROUPED_MIN, 2) == "grouped"
     assert engine.choose_method(10, 1) == "serial"
+    assert engine.choose_method(engine.GROUPED_MIN, 1) == "grouped"
+    # by shape: samples bound to share leaves, or wide leaves, go grouped below GROUPED_MIN
+    assert engine.choose_method(64, 2, n_leaves=8, leaf_width=16) == "grouped"
+    assert engine.choose_method(63, 2, n_leaves=8, leaf_width=16) == "parallel"
+    assert engine.choose_method(63, 1, n_leaves=8, leaf_width=16) == "serial"
+    assert engine.choose_method(engine.SERIAL_MAX + 1, 2, n_leaves=512, leaf_width=engine.GROUPED_WIDE_LEAF) == "grouped"
+    assert engine.choose_method(100, 2, n_leaves=512, leaf_width=engine.GROUPED_WIDE_LEAF - 1) == "parallel"
+    assert engine.choose_method(engine.SERIAL_MAX, 2, n_leaves=1, leaf_width=1024) == "serial"
     with pytest.raises(ValueError, match="method must be one of"):
         engine.predict(np.zeros((1, 3)), FFF(3, 2, 2, 1).params, 1, "relu", method="fast")
 
