@@ -16,15 +16,15 @@ Paths (``method=``), all giving the same bits for the same sample:
     to ``kernels.fff.TILE`` of its samples, so that a weight row read from memory serves every sample of the
     tile. Wins once several samples share a leaf.
 ``"auto"``
-    serial up to ``SERIAL_MAX`` samples; grouped from ``GROUPED_MIN`` samples, and earlier when the samples
-    are bound to share leaves or the leaves are wide (``choose_method``); in between, parallel (serial with
-    one thread).
+    serial up to ``SERIAL_MAX`` samples while their multiply-adds stay below ``SERIAL_WORK`` (``serial_rows``);
+    grouped from ``GROUPED_MIN`` samples, and earlier when the samples are bound to share leaves or the leaves
+    are wide (``choose_method``); otherwise parallel (serial with one thread).
 
 Small batches (batch 1 is the common case) have a lean entry: when ``x`` is already a C-contiguous ndarray of
-the model's dtype and width with at most ``SERIAL_MAX`` rows (``is_ready``), ``FFF.predict`` / ``FFF.route``
-call ``predict_small`` / ``route_small``, which go straight to the serial kernel: no ``np.asarray``, no
-conversion, no memory check (such a batch cannot exceed memory), no thread query. About 1 µs of Python per
-call remains (mostly Numba's unboxing of the ten arguments); everything else takes the checked path with
+the model's dtype and width with at most ``SERIAL_MAX`` rows (``is_ready``; for ``predict``, one row or at most
+``serial_rows``), ``FFF.predict`` / ``FFF.route`` call ``predict_small`` / ``route_small``, which go straight to
+the serial kernel: no ``np.asarray``, no conversion, no memory check (such a batch cannot exceed memory), no
+thread query. About 1 µs of Python per call remains (mostly Numba's unboxing of the ten arguments); everything else takes the checked path with
 its error messages.
 
 Memory: beyond the output (n, output_width), a call allocates O(n) integers (leaves, sort order, tiles)
@@ -52,19 +52,26 @@ import numpy as np
 from ._validation import check_fits_in_memory, is_valid_input
 from .kernels import fff as _k
 
-__all__ = ["METHODS", "SERIAL_MAX", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF", "resolve_n_jobs", "num_threads", "route", "predict",
-           "is_ready", "predict_small", "route_small", "leaf_outputs", "choose_method", "refuse_huge_batch",
-           "threading_layer", "warmup"]
+__all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
+           "resolve_n_jobs", "num_threads", "route", "predict", "is_ready", "predict_small", "route_small",
+           "leaf_outputs", "choose_method", "sample_work", "serial_rows", "refuse_huge_batch", "threading_layer",
+           "warmup"]
 
 METHODS = ("auto", "serial", "parallel", "grouped")
-#: Batches up to this size run on the calling thread ("serial").
+#: Batches up to this size run on the calling thread ("serial") ...
 SERIAL_MAX = 16
+#: ... while their multiply-adds stay below this (about 10 µs on one core); above it a parallel launch, a few
+#: microseconds, pays: 16 samples of a depth-6 tree of 16-unit leaves took 13 µs in parallel against 17 µs serial,
+#: 8 samples of a depth-3 tree of 128-unit leaves 34 µs (grouped) against 58 µs.
+SERIAL_WORK = 150_000
 #: Batches from this size are sorted by leaf ("grouped").
 GROUPED_MIN = 128
 #: Below GROUPED_MIN, batches of at least this many samples per leaf go grouped too ...
 GROUPED_PER_LEAF = 8
-#: ... and so do all batches above SERIAL_MAX when the leaves are at least this wide (the weights a tile shares
-#: outweigh the sort), e.g. 24 samples on 8 leaves of 128 units: 49 µs grouped against 88 µs parallel.
+#: ... and so do batches that do not run serially when the leaves are at least this wide (the weights a tile
+#: shares outweigh the sort), e.g. 24 samples on 8 leaves of 128 units: 49 µs grouped against 88 µs parallel;
+#: leaves of ``kernels.fff.WIDE`` units or more only from 4 samples per leaf (smaller tiles of such leaves share no
+#: weight loads: 17 samples on 8 leaves of 1024 units took 581 µs grouped against 567 µs parallel).
 GROUPED_WIDE_LEAF = 64
 
 _PARALLEL_LOCK = threading.RLock()
@@ -125,12 +132,26 @@ def _check_method(method: str) -> str:
     return method
 
 
-def choose_method(n: int, threads: int, n_leaves: int = 1 << 30, leaf_width: int = 1) -> str:
+def sample_work(input_width: int, depth: int, leaf_width: int, output_width: int) -> int:
+    """Multiply-adds of one sample's hard inference: ``depth`` node dot products and the leaf's two layers."""
+    return input_width * (depth + leaf_width) + leaf_width * output_width
+
+
+def serial_rows(work: int) -> int:
+    """The largest batch that ``method="auto"`` runs on the calling thread, for ``work`` multiply-adds per sample
+    (``sample_work``): ``SERIAL_MAX``, fewer for heavy models, never less than 1."""
+    return max(1, min(SERIAL_MAX, SERIAL_WORK // max(work, 1)))
+
+
+def choose_method(n: int, threads: int, n_leaves: int = 1 << 30, leaf_width: int = 1, work: int = 0) -> str:
     """The path ``method="auto"`` takes for a batch of ``n`` samples with ``threads`` Numba threads, for a tree of
-    ``n_leaves`` leaves ``leaf_width`` units wide (the defaults, an unknown shape, decide by ``n`` alone)."""
-    if n <= SERIAL_MAX:
+    ``n_leaves`` leaves ``leaf_width`` units wide and ``work`` multiply-adds per sample (``sample_work``; the
+    defaults, an unknown shape, decide by ``n`` alone)."""
+    if n <= serial_rows(work):
         return "serial"
-    if n >= GROUPED_MIN or n >= GROUPED_PER_LEAF * n_leaves or leaf_width >= GROUPED_WIDE_LEAF:
+    if n >= GROUPED_MIN or n >= GROUPED_PER_LEAF * n_leaves:
+        return "grouped"
+    if leaf_width >= GROUPED_WIDE_LEAF and (leaf_width < _k.WIDE or n >= 4 * n_leaves):
         return "grouped"
     return "serial" if threads <= 1 else "parallel"
 
@@ -212,12 +233,13 @@ def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method
     out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
     if n == 0:
         return out
-    if method == "serial" or (method == "auto" and n <= SERIAL_MAX):  # the batch-1 fast path: no thread query
+    work = sample_work(x.shape[1], depth, w1s.shape[2], w2s.shape[2])
+    if method == "serial" or (method == "auto" and n <= serial_rows(work)):  # small batches: no thread query
         _k._predict_serial(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out)
         return out
     with num_threads(n_jobs) as threads:
         if method == "auto":
-            method = choose_method(n, threads, w1s.shape[0], w1s.shape[2])
+            method = choose_method(n, threads, w1s.shape[0], w1s.shape[2], work)
         if method == "serial":
             _k._predict_serial(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out)
         elif method == "parallel":
@@ -276,7 +298,8 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
         return out
     with num_threads(n_jobs) as threads:
         if method == "auto":
-            method = choose_method(n, threads, w1s.shape[0], w1s.shape[2])
+            method = choose_method(n, threads, w1s.shape[0], w1s.shape[2],
+                                   sample_work(x.shape[1], 0, w1s.shape[2], w2s.shape[2]))
         if method == "serial" or (method == "parallel" and threads <= 1):
             _k._eval_leaves_serial(x, leaves, w1s, b1s, w2s, b2s, act, out)
         else:  # with given leaves, "parallel" and "grouped" both go through the leaf-sorted tiles

@@ -332,6 +332,31 @@ def test_dispatcher_choices():
     assert engine.choose_method(engine.SERIAL_MAX + 1, 2, n_leaves=512, leaf_width=engine.GROUPED_WIDE_LEAF) == "grouped"
     assert engine.choose_method(100, 2, n_leaves=512, leaf_width=engine.GROUPED_WIDE_LEAF - 1) == "parallel"
     assert engine.choose_method(engine.SERIAL_MAX, 2, n_leaves=1, leaf_width=1024) == "serial"
+    # leaves of WIDE units or more: grouped only from 4 samples per leaf (smaller tiles share no loads)
+    assert engine.choose_method(31, 2, n_leaves=8, leaf_width=kernels.WIDE) == "parallel"
+    assert engine.choose_method(32, 2, n_leaves=8, leaf_width=kernels.WIDE) == "grouped"
+    # by work: small batches run serially only while their multiply-adds stay below SERIAL_WORK
+    light = engine.sample_work(784, 6, 16, 10)
+    heavy = engine.sample_work(784, 3, 128, 10)
+    assert light == 784 * 22 + 160 and engine.serial_rows(light) == engine.SERIAL_WORK // light == 8
+    assert engine.choose_method(8, 2, 64, 16, light) == "serial"
+    assert engine.choose_method(9, 2, 64, 16, light) == "parallel"
+    assert engine.choose_method(8, 2, 8, 128, heavy) == "grouped"
+    assert engine.serial_rows(10**9) == 1 and engine.choose_method(1, 2, 8, 8192, 10**9) == "serial"
+    assert engine.serial_rows(1) == engine.SERIAL_MAX
+
+
+@pytest.mark.parametrize("batch", [1, 2, 8, engine.SERIAL_MAX])
+@pytest.mark.parametrize(("input_width", "leaf_width"), [(600, 160), (3000, 32)])  # grouped, parallel from 2
+def test_small_batches_of_a_heavy_model_give_the_serial_bits(input_width, leaf_width, batch):
+    # a model whose samples cost more than SERIAL_WORK / 2 multiply-adds: batches from 2 leave the lean serial
+    # entry of FFF.predict for the threaded paths, with the same bits
+    model = FFF(input_width, leaf_width, 3, 3, dtype="float32", seed=0)
+    assert engine.serial_rows(model._sample_work) == 1
+    x = np.random.default_rng(batch).normal(size=(batch, input_width)).astype(np.float32)
+    expected = engine.predict(x, model.params, model.depth, model.activation, method="serial")
+    for n_jobs in (1, 2):
+        np.testing.assert_array_equal(model.predict(x, n_jobs=n_jobs), expected)
     with pytest.raises(ValueError, match="method must be one of"):
         engine.predict(np.zeros((1, 3)), FFF(3, 2, 2, 1).params, 1, "relu", method="fast")
 

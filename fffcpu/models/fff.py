@@ -120,6 +120,10 @@ class FFF(Model):
         return tree.n_nodes(self.depth)
 
     @property
+    def _sample_work(self) -> int:
+        return engine.sample_work(self.input_width, self.depth, self.leaf_width, self.output_width)
+
+    @property
     def n_leaves(self) -> int:
         return tree.n_leaves(self.depth)
 
@@ -250,7 +254,8 @@ class FFF(Model):
         -------
         ndarray, shape (n, output_width), the model's dtype
         """
-        if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
+        if engine.is_ready(x, self.input_width, self.dtype) and (  # small C-contiguous batch of our dtype
+                x.shape[0] == 1 or x.shape[0] <= engine.serial_rows(self._sample_work)):
             return engine.predict_small(x, self.params, self.depth, self.activation)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs)
