@@ -168,7 +168,8 @@ def measure_point(width, depth, leaf, batches, *, threads, quick, use_torch, rng
         # --- timing --------------------------------------------------------------------------------
         # all methods take turns (interleaved_medians), so that a burst of load on the shared machine hits
         # fffcpu and its baselines alike
-        path = engine.choose_method(batch, threads, model.n_leaves, leaf)
+        path = engine.choose_method(batch, threads, model.n_leaves, leaf,
+                                    engine.sample_work(INPUT_WIDTH, depth, leaf, OUTPUT_WIDTH))
         slow = width * batch >= 2**26  # dense calls of a second or more: fewer repeats
         fns = {"fff": lambda k: model.predict(pool[k % P], n_jobs=threads), "dense": lambda k: dense(pool[k % P])}
         lo = {"dense": 2 if slow else 3, "torch dense": 2 if slow else 3, "pkg": 2 if leaf * batch >= 2**20 else 3}
