@@ -636,8 +636,8 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
         "met by a kernel that reads these bytes from memory. The bound assumes the weights come from DRAM; models whose weights fit in the 32 MiB L3 (training width ≤ 8192 at ℓ ≤ 128) can beat it when calls find them cached, so for those rows it is indicative only; larger ones can too, in part, when the leaves a call reaches overlap with those of the calls just before it (the \"only read\" column of the breakdown below shows how fast those bytes come in practice). Python-level call overhead (checks, dispatch, allocation: measured below) is not in the bound and matters at batch 1.",
         "",
         f"The last three columns do the same for arithmetic: the call's multiply-adds (per sample: d node dot "
-        f"products of {INPUT_WIDTH} for a tree of depth d, the leaf's {INPUT_WIDTH} x ℓ and ℓ x {OUTPUT_WIDTH} layers), the time "
-        f"they take at the peak rate of this machine, {peak / 1e9:.0f} GMAC/s with {threads} threads (measured: "
+        f"products of {INPUT_WIDTH} for a tree of depth d, the leaf's {INPUT_WIDTH} x ℓ and ℓ x {OUTPUT_WIDTH} "
+        f"layers), the time they take at the peak rate of this machine, {peak / 1e9:.0f} GMAC/s with {threads} threads (measured: "
         f"fused multiply-adds on {PEAK_CHAINS} independent 16-lane float32 vectors per thread, in registers), and "
         "the speedup over the torch package that time would give: a point whose bound is below 100x cannot reach "
         "the torch-package target with any kernel that does every multiply-add of the layer, whatever its memory "

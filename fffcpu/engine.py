@@ -24,8 +24,8 @@ Small batches (batch 1 is the common case) have a lean entry: when ``x`` is alre
 the model's dtype and width with at most ``SERIAL_MAX`` rows (``is_ready``; for ``predict``, one row or at most
 ``serial_rows``), ``FFF.predict`` / ``FFF.route`` call ``predict_small`` / ``route_small``, which go straight to
 the serial kernel: no ``np.asarray``, no conversion, no memory check (such a batch cannot exceed memory), no
-thread query. About 1 µs of Python per call remains (mostly Numba's unboxing of the ten arguments); everything else takes the checked path with
-its error messages.
+thread query. About 1 µs of Python per call remains (mostly Numba's unboxing of the ten arguments); everything
+else takes the checked path with its error messages.
 
 Memory: beyond the output (n, output_width), a call allocates O(n) integers (leaves, sort order, tiles)
 and per-thread scratch of O(TILE · leaf_width); never an (n, 2**depth) array. A batch whose output and

@@ -329,7 +329,8 @@ def test_dispatcher_choices():
     assert engine.choose_method(64, 2, n_leaves=8, leaf_width=16) == "grouped"
     assert engine.choose_method(63, 2, n_leaves=8, leaf_width=16) == "parallel"
     assert engine.choose_method(63, 1, n_leaves=8, leaf_width=16) == "serial"
-    assert engine.choose_method(engine.SERIAL_MAX + 1, 2, n_leaves=512, leaf_width=engine.GROUPED_WIDE_LEAF) == "grouped"
+    wide = engine.GROUPED_WIDE_LEAF
+    assert engine.choose_method(engine.SERIAL_MAX + 1, 2, n_leaves=512, leaf_width=wide) == "grouped"
     assert engine.choose_method(100, 2, n_leaves=512, leaf_width=engine.GROUPED_WIDE_LEAF - 1) == "parallel"
     assert engine.choose_method(engine.SERIAL_MAX, 2, n_leaves=1, leaf_width=1024) == "serial"
     # leaves of WIDE units or more: grouped only from 4 samples per leaf (smaller tiles share no loads)
