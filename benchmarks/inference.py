@@ -19,7 +19,6 @@ Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.inf
 from __future__ import annotations
 
 import math
-import time
 
 import numba
 import numpy as np
@@ -37,6 +36,7 @@ from .common import (
     SETTLE_S,
     THREADS,
     Section,
+    best_time,
     fmt_bytes,
     fmt_rate,
     fmt_x,
@@ -366,17 +366,13 @@ def peak_macs(threads=THREADS, n_steps=2_000_000, repeats=7):
     separately (to keep IEEE results independent of the compiler), are bounded by it too."""
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    times = []
     try:
         _peak_run(10, threads)  # compiled (or loaded from cache) before timing
         settle()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            _peak_run(n_steps, threads)
-            times.append(time.perf_counter() - t0)
+        t = best_time(lambda: _peak_run(n_steps, threads), repeats)
     finally:
         numba.set_num_threads(saved)
-    return threads * n_steps * PEAK_CHAINS * kernels.LANES / min(times)
+    return threads * n_steps * PEAK_CHAINS * kernels.LANES / t
 
 
 def call_macs(r):

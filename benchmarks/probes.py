@@ -22,8 +22,16 @@ import numpy as np
 
 from fffcpu import FFF, engine
 from fffcpu.kernels import fff as kernels
+from fffcpu.models.base import _aligned_empty
 
-from .common import THREADS, Section, interleaved_medians, section_main, table
+from .common import (
+    THREADS,
+    Section,
+    best_time,
+    interleaved_medians,
+    section_main,
+    table,
+)
 
 INPUT_WIDTH = 784
 
@@ -31,9 +39,8 @@ INPUT_WIDTH = 784
 def aligned_array(n, dtype, offset_bytes, rng):
     """Standard-normal array of ``n`` elements whose first element is ``offset_bytes`` past a 64-byte boundary."""
     itemsize = np.dtype(dtype).itemsize
-    buf = np.empty(n * itemsize + 128, dtype=np.uint8)
-    start = (-buf.ctypes.data) % 64 + offset_bytes
-    a = buf[start:start + n * itemsize].view(dtype)
+    buf = _aligned_empty(n * itemsize + offset_bytes, np.uint8)
+    a = buf[offset_bytes:].view(dtype)
     a[:] = rng.standard_normal(n)
     return a
 
@@ -58,14 +65,8 @@ def _route_repeated(x, node_weights, node_biases, depth, leaves, repeats):
 
 def _best_per_call(fn, calls, timings=7):
     """Fastest of ``timings`` timings of ``fn(calls)``, per call (in-cache loops: the fastest is the cleanest)."""
-    import time
     fn(1)
-    best = np.inf
-    for _ in range(timings):
-        t0 = time.perf_counter()
-        fn(calls)
-        best = min(best, time.perf_counter() - t0)
-    return best / calls
+    return best_time(lambda: fn(calls), timings) / calls
 
 
 def load_alignment(repeats=200_000):
