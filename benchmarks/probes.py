@@ -9,6 +9,10 @@ them).
 * Input traffic: at depth 9, leaf 16, batch 4096 (2 threads), routing and the leaf evaluation with a new input batch
   per call (from a pool larger than the L3, as in the inference benchmark) or the same batch at every call.
 * Node-row bytes: routing at batch 4096 (2 threads) with 784 and with 392 inputs per sample, the same depth.
+* Routing under the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing and a bare read of the reached
+  leaves' W1 run one after the other, interleaved on each core (a leaf read, then that leaf's share of the routing),
+  or side by side (one thread routes every sample while the other reads every leaf): whether routing can hide
+  under the memory traffic of the leaves.
 
 Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.probes [--quick]``.
 """
@@ -61,6 +65,62 @@ def _sum_repeated(a, repeats):
 def _route_repeated(x, node_weights, node_biases, depth, leaves, repeats):
     for _ in range(repeats):
         kernels._route_serial(x, node_weights, node_biases, depth, leaves)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _read_leaf(w1, leaf):
+    # fastmath lets the sum use independent vector partial sums: the loop is bound by the memory reads
+    acc = np.float32(0)
+    for i in range(w1.shape[1]):
+        acc += w1[leaf, i]
+    return acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _read_and_route(x, node_weights, node_biases, depth, leaves, w1, reached, lo, hi, s_lo, s_hi, mode):
+    """One thread's share: read the W1 of ``reached[lo:hi]`` (mode 0), route samples ``s_lo:s_hi`` in pairs (mode 1),
+    or both interleaved (mode 2: after each leaf, the pairs whose share of the routing that leaf's turn covers)."""
+    acc = np.float32(0)
+    if mode == 1:
+        lo = hi
+    pairs = (s_hi - s_lo) // 2
+    done = 0
+    for q in range(lo, hi):
+        acc += _read_leaf(w1, reached[q])
+        if mode == 2:
+            target = (q + 1 - lo) * pairs // (hi - lo)
+            while done < target:
+                kernels._route_pair(x, s_lo + 2 * done, s_lo + 2 * done + 1, node_weights, node_biases, depth, leaves)
+                done += 1
+    if mode != 0:
+        while done < pairs:
+            kernels._route_pair(x, s_lo + 2 * done, s_lo + 2 * done + 1, node_weights, node_biases, depth, leaves)
+            done += 1
+        if (s_hi - s_lo) % 2:
+            leaves[s_hi - 1] = kernels._route_one(x, s_hi - 1, node_weights, node_biases, depth)
+    return acc
+
+
+@numba.njit(cache=True, parallel=True)
+def _overlap(x, node_weights, node_biases, depth, leaves, w1, reached, mode, n_chunks):
+    """Modes 0-2 of ``_read_and_route`` with leaves and samples split evenly over ``n_chunks`` threads; mode 3:
+    chunk 0 routes every sample, the other chunks read every leaf between them. Returns the sum of the weights
+    read."""
+    n, m = x.shape[0], reached.shape[0]
+    partial = np.zeros(n_chunks, dtype=np.float64)
+    for c in numba.prange(n_chunks):
+        if mode == 3:
+            if c == 0:
+                partial[c] = _read_and_route(x, node_weights, node_biases, depth, leaves, w1, reached, 0, 0, 0, n, 1)
+            else:
+                lo = (c - 1) * m // (n_chunks - 1)
+                hi = c * m // (n_chunks - 1)
+                partial[c] = _read_and_route(x, node_weights, node_biases, depth, leaves, w1, reached, lo, hi, 0, 0, 0)
+        else:
+            partial[c] = _read_and_route(x, node_weights, node_biases, depth, leaves, w1, reached,
+                                         c * m // n_chunks, (c + 1) * m // n_chunks,
+                                         c * n // n_chunks, (c + 1) * n // n_chunks, mode)
+    return partial.sum()
 
 
 def _best_per_call(fn, calls, timings=7):
@@ -124,6 +184,38 @@ def node_row_bytes(depths=(9, 12), batch=4096, threads=THREADS, budget=1.0):
     return {k: v[0] for k, v in timed.items()}
 
 
+def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
+    """Median times (s) of routing alone, the bare read of the reached leaves' W1 alone, the two one after the
+    other, interleaved on each core, and side by side on different cores (``_overlap``); new inputs at every call."""
+    if threads < 2:
+        raise ValueError(f"routing_overlap needs at least 2 threads (one routes while another reads), got {threads}")
+    rng = np.random.default_rng(4)
+    model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    p = model.params
+    nw, nb = p["node_weights"], p["node_biases"]
+    w1 = p["w1s"].reshape(model.n_leaves, -1)  # a view: leaf rows of INPUT_WIDTH * 16 weights
+    pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(5)]
+    reached = [np.unique(model.route(x, n_jobs=threads)) for x in pool]
+    leaves = np.empty(batch, dtype=np.int64)
+    P = len(pool)
+
+    def run(mode, k):
+        return _overlap(pool[k % P], nw, nb, depth, leaves, w1, reached[k % P], mode, threads)
+
+    fns = {"route": functools.partial(run, 1), "read": functools.partial(run, 0),
+           "route, then read": lambda k: (run(1, k), run(0, k)),
+           "interleaved on each core": functools.partial(run, 2),
+           "side by side (one thread routes)": functools.partial(run, 3)}
+    expected = model.route(pool[0], n_jobs=threads)
+    for mode in (1, 2, 3):  # every arrangement routes every sample
+        leaves[:] = -1
+        run(mode, 0)
+        if not np.array_equal(leaves, expected):
+            raise AssertionError(f"routing_overlap: mode {mode} gave other leaves than FFF.route")
+    timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
+    return {k: v[0] for k, v in timed.items()}
+
+
 def _route_from_pool(pool, node_weights, node_biases, depth, threads, k):
     return engine.route(pool[k % len(pool)], node_weights, node_biases, depth, n_jobs=threads)
 
@@ -136,6 +228,8 @@ def run(quick=False, *, threads=THREADS) -> Section:
     traffic = input_traffic(6 if quick else 9, batch=batch, threads=threads, budget=budget)
     depths = (6, 9) if quick else (9, 12)
     rows_bytes = node_row_bytes(depths, batch=batch, threads=threads, budget=budget)
+    overlap_depth = 9 if quick else 12
+    overlap = routing_overlap(overlap_depth, batch=batch, threads=threads, budget=budget) if threads >= 2 else None
     ms = 1e3
     body = [
         ["sum of 3136 float32 in L1 (196 16-lane loads), one thread", f"{loads[0] * 1e9:.1f} ns",
@@ -165,8 +259,24 @@ def run(quick=False, *, threads=THREADS) -> Section:
             [d, f"{rows_bytes[(d, INPUT_WIDTH)] * ms:.3f} ms", f"{rows_bytes[(d, INPUT_WIDTH // 2)] * ms:.3f} ms",
              f"{rows_bytes[(d, INPUT_WIDTH)] / rows_bytes[(d, INPUT_WIDTH // 2)]:.2f}"] for d in depths]),
     ]
-    return Section("Engine probes: loads, alignment, input traffic, node-row bytes", "\n".join(md),
-                   figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes})
+    if overlap:
+        base = overlap["route, then read"]
+        md += [
+            "",
+            (f"Routing under the leaf stream, depth {overlap_depth}, leaf 16, batch {batch}, {threads} threads, a new "
+             "input batch per call: routing every sample (in pairs, as the engine does) and a bare read of the W1 of "
+             "the leaves the batch reaches (in increasing order, as the grouped evaluation visits them), run one "
+             "after the other, interleaved on each core (each thread reads a leaf, then routes that leaf's share of "
+             "its samples; the hardware has the next leaf's lines to stream while the dot products run), or side by "
+             "side (one thread routes every sample while the other threads read every leaf)."),
+            "",
+            table(["run", "time", "vs route, then read"], [
+                [name, f"{t * ms:.3f} ms", f"{t / base:.2f}"] for name, t in overlap.items()]),
+        ]
+    return Section("Engine probes: loads, alignment, input traffic, node-row bytes, routing under the leaf stream",
+                   "\n".join(md),
+                   figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes,
+                            "overlap": overlap})
 
 
 def main(argv=None):

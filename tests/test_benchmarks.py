@@ -11,9 +11,9 @@ import fffcpu
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import inference, probes, training  # noqa: E402
-from benchmarks.common import have_torch  # noqa: E402
+from benchmarks import __main__ as runner
+from benchmarks import inference, probes
+from benchmarks.common import have_torch
 
 
 def test_inference_quick_grid_has_rows_and_checks():
@@ -96,7 +96,7 @@ def test_bandwidth_probe_sums_every_element():
 def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
     peak = inference.peak_macs(2, n_steps=20_000, repeats=1)
     assert peak > 0
-    row = dict(width=1024, depth=3, leaf=128, batch=256, vs_pkg=20.0)
+    row = {"width": 1024, "depth": 3, "leaf": 128, "batch": 256, "vs_pkg": 20.0}
     macs = inference.call_macs(row)
     assert macs == 256 * (3 * 784 + 784 * 128 + 128 * 10)
     # a torch-package time 50x the call's multiply-adds at the peak rate: out of reach; 500x: not
@@ -117,6 +117,25 @@ def test_engine_probes_quick_run_renders_every_table():
     assert set(f["node_rows"]) == {(6, 784), (6, 392), (9, 784), (9, 392)}
     for needle in ("| probe | aligned to 64 bytes |", "| route |", "| leaves |", "| 9 |"):
         assert needle in section.markdown
+    assert set(f["overlap"]) == {"route", "read", "route, then read", "interleaved on each core",
+                                 "side by side (one thread routes)"}
+    assert all(t > 0 for t in f["overlap"].values()) and "| interleaved on each core |" in section.markdown
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])
+def test_routing_overlap_modes_route_every_sample_and_read_every_leaf(mode):
+    model = fffcpu.FFF(probes.INPUT_WIDTH, 16, 10, 5, dtype="float32", seed=0)
+    p = model.params
+    x = np.random.default_rng(0).standard_normal((66, probes.INPUT_WIDTH), dtype=np.float32)  # chunks of 33
+    reached = np.unique(model.route(x))
+    w1 = np.abs(p["w1s"].reshape(model.n_leaves, -1))  # positive: a leaf read twice or skipped shows in the sum
+    leaves = np.full(66, -1, dtype=np.int64)
+    total = probes._overlap(x, p["node_weights"], p["node_biases"], 5, leaves, w1, reached, mode, 2)
+    if mode == 1:
+        assert total == 0 and np.array_equal(leaves, model.route(x))
+    else:
+        assert total == pytest.approx(float(w1[reached].sum(dtype=np.float64)), rel=1e-3)
+        assert np.array_equal(leaves, model.route(x)) == (mode != 0)
 
 
 def test_aligned_array_starts_where_asked():
