@@ -131,7 +131,7 @@ def test_document_tables_and_numbers(pieces):
     assert f"{sharp['test_hard']:.1f} ± {sharp['test_hard_sd']:.1f} ({sharp['best']['test_hard']:.1f}) | " \
            f"{sharp['gap']:+.1f} | {sel['gap']:+.1f}" in line
     n_close = sum(abs(v["gap"]) <= 1.0 for k, v in summary.items() if k[3] == "sharpened")
-    assert f"**Sharpening during training closes the gap.**" in md and f"{n_close} of 8 FFF configurations" in md
+    assert "**Sharpening during training closes the gap.**" in md and f"{n_close} of 8 FFF configurations" in md
     assert lines  # rows of FF and FFF exist
     # the conversion of the paper's weight is spelled out
     assert "d=4: 11,520" in md
