@@ -81,11 +81,9 @@ def _read_and_route(x, node_weights, node_biases, depth, leaves, w1, reached, lo
     """One thread's share: read the W1 of ``reached[lo:hi]`` (mode 0), route samples ``s_lo:s_hi`` in pairs (mode 1),
     or both interleaved (mode 2: after each leaf, the pairs whose share of the routing that leaf's turn covers)."""
     acc = np.float32(0)
-    if mode == 1:
-        lo = hi
     pairs = (s_hi - s_lo) // 2
     done = 0
-    for q in range(lo, hi):
+    for q in range(lo, lo if mode == 1 else hi):
         acc += _read_leaf(w1, reached[q])
         if mode == 2:
             target = (q + 1 - lo) * pairs // (hi - lo)

@@ -11,9 +11,9 @@ import fffcpu
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import __main__ as runner
-from benchmarks import inference, probes
-from benchmarks.common import have_torch
+from benchmarks import __main__ as runner  # noqa: E402
+from benchmarks import inference, probes  # noqa: E402
+from benchmarks.common import have_torch  # noqa: E402
 
 
 def test_inference_quick_grid_has_rows_and_checks():
