@@ -80,7 +80,7 @@ def _splat(builder, value, vty):
     return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES))
 
 
-def _make_hidden_block(n_samples, masked=False):
+def _make_hidden_block(n_samples, masked=False, prefetch_rows=False):
     """Intrinsic ``block(x, rows, start, w, woff, out, ooff, ostride, pf)``: 16 hidden pre-activations (no bias)
     for the ``n_samples`` samples ``rows[start:start + n_samples]``.
 
@@ -96,6 +96,13 @@ def _make_hidden_block(n_samples, masked=False):
     With ``masked``, the intrinsic takes one more argument, ``n_units`` (1 to 16), and only lanes
     ``j < n_units`` are read from ``w`` and written to ``out`` (masked vector loads and stores): the same sums
     for the last ``width % 16`` units of a leaf, or for a whole leaf narrower than 16 units.
+
+    With ``prefetch_rows``, it takes two more, ``xstart`` and ``xcount`` (0 to 4): the step that reads rows i to
+    i + 3 of ``w`` also prefetches (into L2) the next line of one of the input rows ``rows[xstart:xstart +
+    xcount]``, the rows taking turns, so that over the block's ``n_in / 4`` steps these rows stream in whole
+    (``itemsize / 4`` lines per step: 4 rows of ``n_in * itemsize`` bytes). The caller passes the rows of the
+    tile it evaluates next: they then come from memory a line at a time while this block computes, instead of
+    all at once before it.
     """
 
     def codegen(context, builder, signature, args):
@@ -132,11 +139,38 @@ def _make_hidden_block(n_samples, masked=False):
         four = ir.Constant(intp, 4)
         n4 = builder.mul(builder.sdiv(n_in, four), four)
         prefetching = builder.icmp_signed(">=", pf_, ir.Constant(intp, 0))
+        if prefetch_rows:
+            xstart_, xcount_ = _intp_args(context, builder, signature, args, (9, 10))
+            lines_per_step = max(1, tys[0].dtype.bitwidth // 32)
+            per_line = ir.Constant(intp, max(1, _LINE * 8 // tys[0].dtype.bitwidth))
+            last = builder.mul(builder.sub(cgutils.unpack_tuple(builder, xa.shape, 2)[0], ir.Constant(intp, 1)),
+                               n_in)
+            # the start of each prefetched row in x (flat), -1 where there is none
+            xrow = []
+            for k in range(4):
+                have = builder.icmp_signed(">", xcount_, ir.Constant(intp, k))
+                index = builder.select(have, builder.add(xstart_, ir.Constant(intp, k)), start_)
+                row = context.cast(builder, builder.load(builder.gep(ra.data, [index])), tys[1].dtype, types.intp)
+                xrow.append(builder.select(have, builder.mul(row, n_in), ir.Constant(intp, -1)))
         with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n4, four, intp) as (i, _):
             with builder.if_then(prefetching):
                 for r in range(4):
                     row = builder.mul(builder.add(i, ir.Constant(intp, r)), wstride)
                     _prefetch_l2(builder, builder.gep(wa.data, [builder.add(pf_, row)]))
+            if prefetch_rows:
+                # step i // 4: row (i // 4) % 4, lines from (i // 16) * lines_per_step
+                turn = builder.and_(builder.ashr(i, ir.Constant(intp, 2)), ir.Constant(intp, 3))
+                base = xrow[3]
+                for k in (2, 1, 0):
+                    base = builder.select(builder.icmp_signed("==", turn, ir.Constant(intp, k)), xrow[k], base)
+                with builder.if_then(builder.icmp_signed(">=", base, ir.Constant(intp, 0))):
+                    first = builder.mul(builder.ashr(i, ir.Constant(intp, 4)), ir.Constant(intp, lines_per_step))
+                    for k in range(lines_per_step):
+                        off = builder.mul(builder.add(first, ir.Constant(intp, k)), per_line)
+                        # a line past the row's end can only be the next row's: stay inside x
+                        off = builder.add(base, off)
+                        off = builder.select(builder.icmp_signed("<", off, builder.add(last, n_in)), off, last)
+                        _prefetch_l2(builder, builder.gep(xa.data, [off]))
             for r in range(4):
                 step(builder.add(i, ir.Constant(intp, r)), r)
         rem = builder.sub(n_in, n4)
@@ -154,15 +188,19 @@ def _make_hidden_block(n_samples, masked=False):
                 _masked_store(builder, total, op, align, mask)
         return context.get_dummy_value()
 
-    def signature(x, rows, start, w, woff, out, ooff, ostride, pf, *n_units):
+    def signature(x, rows, start, w, woff, out, ooff, ostride, pf, *more):
         if not _same_c_arrays(x, w, out):
             return None  # a typing error: the raw-pointer code above needs C-contiguous arrays of one dtype
-        return types.void(x, rows, start, w, woff, out, ooff, ostride, pf, *n_units)
+        return types.void(x, rows, start, w, woff, out, ooff, ostride, pf, *more)
 
     if masked:
         @intrinsic
         def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf, n_units):
             return signature(x, rows, start, w, woff, out, ooff, ostride, pf, n_units), codegen
+    elif prefetch_rows:
+        @intrinsic
+        def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf, xstart, xcount):
+            return signature(x, rows, start, w, woff, out, ooff, ostride, pf, xstart, xcount), codegen
     else:
         @intrinsic
         def hidden_block(typingctx, x, rows, start, w, woff, out, ooff, ostride, pf):
@@ -246,6 +284,31 @@ def _prefetch_l2(builder, pointer):
 
 
 @intrinsic
+def _prefetch_span(typingctx, x, start, n_lines):
+    """Prefetch into L2 ``n_lines`` cache lines of the C-contiguous 2-D array ``x`` from its flat element
+    ``start`` on (none past the end of ``x``)."""
+    if not (isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C"
+            and isinstance(start, types.Integer) and isinstance(n_lines, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        xa, = _array_args(context, builder, signature, args, (0,))
+        first, n = _intp_args(context, builder, signature, args, (1, 2))
+        intp = context.get_value_type(types.intp)
+        shape = cgutils.unpack_tuple(builder, xa.shape, 2)
+        size = builder.mul(shape[0], shape[1])
+        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        step = ir.Constant(intp, max(1, _LINE // itemsize))
+        stop = builder.add(first, builder.mul(n, step))
+        stop = builder.select(builder.icmp_signed("<", stop, size), stop, size)
+        with cgutils.for_range_slice(builder, first, stop, step, intp) as (i, _):
+            _prefetch_l2(builder, builder.gep(xa.data, [i]))
+        return context.get_dummy_value()
+
+    return types.none(x, start, n_lines), codegen
+
+
+@intrinsic
 def _prefetch_row(typingctx, x, row):
     """Prefetch into L2 every cache line of row ``row`` of the C-contiguous 2-D array ``x``."""
     if not (isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and isinstance(row, types.Integer)):
@@ -272,6 +335,11 @@ _hidden_block1 = _make_hidden_block(1)
 _hidden_block2 = _make_hidden_block(2)
 _hidden_block3 = _make_hidden_block(3)
 _hidden_block4 = _make_hidden_block(4)
+# The same blocks, prefetching the next tile's input rows as they compute (``prefetch_rows``).
+_streaming_block1 = _make_hidden_block(1, prefetch_rows=True)
+_streaming_block2 = _make_hidden_block(2, prefetch_rows=True)
+_streaming_block3 = _make_hidden_block(3, prefetch_rows=True)
+_streaming_block4 = _make_hidden_block(4, prefetch_rows=True)
 _masked_block1 = _make_hidden_block(1, masked=True)
 _masked_block2 = _make_hidden_block(2, masked=True)
 _masked_block3 = _make_hidden_block(3, masked=True)
@@ -527,14 +595,22 @@ def _route_one(x, s, node_weights, node_biases, depth):
 
 
 @njit(cache=True, nogil=True)
-def _route_pair(x, s0, s1, node_weights, node_biases, depth, leaves):
-    """``_route_one`` for samples s0 and s1 walked in lockstep (their memory accesses overlap)."""
+def _route_pair(x, s0, s1, node_weights, node_biases, depth, leaves, next_row=-1):
+    """``_route_one`` for samples s0 and s1 walked in lockstep (their memory accesses overlap).
+
+    With ``next_row >= 0``, rows ``next_row`` and ``next_row + 1`` of ``x`` (the next pair's, contiguous) are
+    prefetched a slice per level, so that they stream in while this pair computes."""
     n_in = x.shape[1]
     _prefetch_row(x, s0)
     _prefetch_row(x, s1)
+    per_line = max(1, _LINE // x.itemsize)
+    n_lines = (2 * n_in + per_line - 1) // per_line
     node0 = 0
     node1 = 0
-    for _ in range(depth):
+    for level in range(depth):
+        if next_row >= 0:
+            first = level * n_lines // depth
+            _prefetch_span(x, next_row * n_in + first * per_line, (level + 1) * n_lines // depth - first)
         z0, z1 = _dot_pair(x, s0 * n_in, node0 * n_in, s1 * n_in, node1 * n_in, node_weights, n_in)
         node0 = 2 * node0 + 1 + (1 if z0 + node_biases[node0] >= 0 else 0)
         node1 = 2 * node1 + 1 + (1 if z1 + node_biases[node1] >= 0 else 0)
@@ -543,7 +619,19 @@ def _route_pair(x, s0, s1, node_weights, node_biases, depth, leaves):
 
 
 @njit(cache=True, nogil=True)
-def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf=-1):
+def _streamed_rows(count, width, next_count):
+    """How many of the next tile's ``next_count`` input rows the 16-unit blocks of a tile of ``count`` samples of a
+    leaf ``width`` units wide prefetch as they compute (``_eval_tile``): four per block of the first 16-unit
+    column, in tiles of at least 4 samples (a smaller tile computes too briefly to hide them), none in leaves
+    that go through the narrow or masked blocks only."""
+    if count < 4 or width < LANES or width == 1 or width == 2 or width == 4 or width == 8:
+        return 0
+    return min(next_count, 4 * ((count + 3) // 4))
+
+
+@njit(cache=True, nogil=True)
+def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf=-1, next_start=0,
+               next_count=0):
     """Outputs of ``leaf`` for the samples ``order[start:stop]`` (at most ``TILE``), written to their rows of ``out``.
 
     ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
@@ -553,7 +641,9 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     goes through loops over whole W1 rows, long enough for Numba's own vectorizer (the blocks read W1 in 64-byte
     pieces, one 16-unit column at a time: fine when 4 samples share each piece, slow for one sample); all sum in
     the order of the module docstring. With ``next_leaf >= 0``, the 16-unit
-    blocks' first pass over W1 prefetches the same rows of W1 of ``next_leaf``.
+    blocks' first pass over W1 prefetches the same rows of W1 of ``next_leaf``. The input rows
+    ``order[next_start:next_start + next_count]`` (the next tile's) are prefetched by the blocks of the first
+    16-unit column, four rows per block, when ``_streamed_rows`` says so (the caller prefetches the others).
     """
     n_in = x.shape[1]
     width = w1s.shape[2]
@@ -577,13 +667,27 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         leaf_off = leaf * n_in * width
         for jb in range(0, w16, LANES):
             pf = next_leaf * n_in * width + jb if next_leaf >= 0 else -1
+            streamed = _streamed_rows(count, width, next_count) if jb == 0 else 0
             t = 0
             while t + 4 <= count:
-                _hidden_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
+                if t < streamed:
+                    _streaming_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf,
+                                      next_start + t, min(4, streamed - t))
+                else:
+                    _hidden_block4(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
                 pf = -1
                 t += 4
             rest = count - t
-            if rest == 3:
+            if t < streamed:
+                xs = next_start + t
+                xc = min(4, streamed - t)
+                if rest == 3:
+                    _streaming_block3(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf, xs, xc)
+                elif rest == 2:
+                    _streaming_block2(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf, xs, xc)
+                elif rest == 1:
+                    _streaming_block1(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf, xs, xc)
+            elif rest == 3:
                 _hidden_block3(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
             elif rest == 2:
                 _hidden_block2(x, order, start + t, w1s, leaf_off + jb, hid, t * width + jb, width, pf)
@@ -653,7 +757,7 @@ def _scratch(dtype_like, tile, width):
 def _route_serial(x, node_weights, node_biases, depth, leaves):
     n = x.shape[0]
     for p in range(n // 2):
-        _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves)
+        _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves, 2 * p + 2 if 2 * p + 3 < n else -1)
     if n % 2:
         leaves[n - 1] = _route_one(x, n - 1, node_weights, node_biases, depth)
 
@@ -662,7 +766,7 @@ def _route_serial(x, node_weights, node_biases, depth, leaves):
 def _route_parallel(x, node_weights, node_biases, depth, leaves):
     n = x.shape[0]
     for p in prange(n // 2):
-        _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves)
+        _route_pair(x, 2 * p, 2 * p + 1, node_weights, node_biases, depth, leaves, 2 * p + 2 if 2 * p + 3 < n else -1)
     if n % 2:
         leaves[n - 1] = _route_one(x, n - 1, node_weights, node_biases, depth)
 
@@ -745,14 +849,21 @@ def _make_tiles(leaves, order, tile):
 @njit(cache=True, nogil=True)
 def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act, part, hid, out):
     """Tiles ``lo:hi`` in turn, with the memory each is about to need streaming in while the one before it
-    computes: the input rows of the next tile are prefetched when a tile starts, and the first tile of each leaf
-    prefetches the W1 of the next leaf as it reads its own (``_eval_tile``'s ``next_leaf``) when a leaf's W1 is
-    at most ``PREFETCH_LEAF_BYTES``."""
+    computes: the input rows of the next tile are prefetched as a tile computes (by its blocks, a line at a
+    time, in tiles of at least 4 samples; in one go when the tile starts otherwise), and the first tile of each
+    leaf prefetches the W1 of the next leaf as it reads its own (``_eval_tile``'s ``next_leaf``) when a leaf's
+    W1 is at most ``PREFETCH_LEAF_BYTES``."""
     prefetch_leaves = w1s.shape[1] * w1s.shape[2] * w1s.itemsize <= PREFETCH_LEAF_BYTES
+    width = w1s.shape[2]
     for q in range(lo, hi):
         leaf = tile_leaf[q]
+        next_start = 0
+        next_count = 0
         if q + 1 < hi:
-            for k in range(starts[q + 1], starts[q + 2]):
+            next_start = starts[q + 1]
+            next_count = starts[q + 2] - next_start
+            streamed = _streamed_rows(starts[q + 1] - starts[q], width, next_count)
+            for k in range(next_start + streamed, next_start + next_count):
                 _prefetch_row(x, order[k])
         next_leaf = -1
         if prefetch_leaves and (q == lo or tile_leaf[q - 1] != leaf):
@@ -761,7 +872,8 @@ def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act,
                 r += 1
             if r < hi:
                 next_leaf = tile_leaf[r]
-        _eval_tile(x, order, starts[q], starts[q + 1], leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf)
+        _eval_tile(x, order, starts[q], starts[q + 1], leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf,
+                   next_start, next_count)
 
 
 @njit(cache=True, nogil=True)
