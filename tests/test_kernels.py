@@ -107,11 +107,11 @@ def test_leaf_tiles_in_any_split_give_the_per_sample_bits(leaf_width, dtype):
     np.testing.assert_allclose(expected, model._hard_outputs_reference(x, leaves), **TOL[dtype])
 
 
-def test_the_next_tiles_rows_stream_in_through_the_blocks_of_tiles_of_4_or_more():
+def test_the_next_tiles_rows_stream_in_through_the_blocks_of_tiles_of_2_or_more():
     # _eval_tile_run prefetches, when a tile starts, the next tile's rows that the tile's blocks will not
     stream = kernels._streamed_rows
-    assert [stream(count, 16, 8) for count in (1, 2, 3, 4, 5, 7, 8)] == [0, 0, 0, 4, 8, 8, 8]
-    assert stream(8, 16, 3) == 3 and stream(4, 16, 0) == 0
+    assert [stream(count, 16, 8) for count in (1, 2, 3, 4, 5, 7, 8)] == [0, 4, 4, 4, 8, 8, 8]
+    assert stream(8, 16, 3) == 3 and stream(4, 16, 0) == 0 and stream(2, 16, 1) == 1
     assert stream(8, kernels.WIDE + 19, 8) == 8 and stream(4, 17, 5) == 4
     for narrow_or_masked_only in (*kernels.NARROW, 3, 12, 15):
         assert stream(8, narrow_or_masked_only, 8) == 0

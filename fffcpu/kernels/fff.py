@@ -622,9 +622,9 @@ def _route_pair(x, s0, s1, node_weights, node_biases, depth, leaves, next_row=-1
 def _streamed_rows(count, width, next_count):
     """How many of the next tile's ``next_count`` input rows the 16-unit blocks of a tile of ``count`` samples of a
     leaf ``width`` units wide prefetch as they compute (``_eval_tile``): four per block of the first 16-unit
-    column, in tiles of at least 4 samples (a smaller tile computes too briefly to hide them), none in leaves
+    column, in tiles of at least 2 samples (a single sample computes too briefly to hide them), none in leaves
     that go through the narrow or masked blocks only."""
-    if count < 4 or width < LANES or width == 1 or width == 2 or width == 4 or width == 8:
+    if count < 2 or width < LANES or width == 1 or width == 2 or width == 4 or width == 8:
         return 0
     return min(next_count, 4 * ((count + 3) // 4))
 
@@ -850,7 +850,7 @@ def _make_tiles(leaves, order, tile):
 def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act, part, hid, out):
     """Tiles ``lo:hi`` in turn, with the memory each is about to need streaming in while the one before it
     computes: the input rows of the next tile are prefetched as a tile computes (by its blocks, a line at a
-    time, in tiles of at least 4 samples; in one go when the tile starts otherwise), and the first tile of each
+    time, in tiles of at least 2 samples; in one go when the tile starts otherwise), and the first tile of each
     leaf prefetches the W1 of the next leaf as it reads its own (``_eval_tile``'s ``next_leaf``) when a leaf's
     W1 is at most ``PREFETCH_LEAF_BYTES``."""
     prefetch_leaves = w1s.shape[1] * w1s.shape[2] * w1s.itemsize <= PREFETCH_LEAF_BYTES
