@@ -85,6 +85,27 @@ def is_valid_input(x, n_features: int, dtype) -> bool:
             and x.flags.c_contiguous)
 
 
+def check_out(out, x: np.ndarray, shape: tuple, dtype) -> np.ndarray:
+    """``out`` if it can take a result of ``shape`` and ``dtype`` computed from ``x``: a writeable C-contiguous
+    ndarray that does not overlap ``x``; otherwise a clear error, and ``out`` is left as it was."""
+    dtype = np.dtype(dtype)
+    if (type(out) is np.ndarray and out.shape == shape and out.dtype == dtype and out.flags.c_contiguous
+            and out.flags.writeable and not np.may_share_memory(out, x)):
+        return out
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out: expected a NumPy array of shape {shape} and dtype {dtype}, got {type(out).__name__}")
+    problems = [f"shape {out.shape} (expected {shape})" if out.shape != shape else "",
+                f"dtype {out.dtype} (expected {dtype})" if out.dtype != dtype else "",
+                "not C-contiguous" if not out.flags.c_contiguous else "",
+                "read-only" if not out.flags.writeable else "",
+                "overlaps x" if np.may_share_memory(out, x) else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        raise ValueError(f"out: {', '.join(problems)}; expected a writeable C-contiguous array of shape "
+                         f"{shape} and dtype {dtype} that does not overlap x")
+    return out
+
+
 def physical_memory_bytes() -> int | None:
     """Total physical memory of this machine, or None where the platform does not say."""
     try:

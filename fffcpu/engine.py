@@ -211,7 +211,8 @@ def route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: str 
     return leaves
 
 
-def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method: str = "auto") -> np.ndarray:
+def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method: str = "auto",
+            out=None) -> np.ndarray:
     """Hard FFF output (n, output_width): route each row of ``x``, evaluate that leaf, b2 included.
 
     Parameters
@@ -225,12 +226,15 @@ def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method
         A key of ``kernels.fff.ACTIVATION_CODES``.
     n_jobs : int or None
     method : {"auto", "serial", "parallel", "grouped"}
+    out : ndarray or None
+        Where to write the result, already checked by the caller (``_validation.check_out``); a new array if None.
     """
     _check_method(method)
     nw, nb, w1s, b1s, w2s, b2s = _param_arrays(params)
     x = _contiguous(x, w1s.dtype)
     n, act = x.shape[0], _k.ACTIVATION_CODES[activation]
-    out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
+    if out is None:
+        out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
     if n == 0:
         return out
     work = sample_work(x.shape[1], depth, w1s.shape[2], w2s.shape[2])
@@ -262,10 +266,12 @@ def is_ready(x, input_width: int, dtype) -> bool:
     return is_valid_input(x, input_width, dtype) and 0 < x.shape[0] <= SERIAL_MAX
 
 
-def predict_small(x: np.ndarray, params: dict, depth: int, activation: str) -> np.ndarray:
-    """``predict`` on the calling thread (the same bits) for an ``x`` that passes ``is_ready``."""
+def predict_small(x: np.ndarray, params: dict, depth: int, activation: str, out=None) -> np.ndarray:
+    """``predict`` on the calling thread (the same bits) for an ``x`` that passes ``is_ready``; ``out`` as in
+    ``predict``."""
     w2s = params["w2s"]
-    out = np.empty((x.shape[0], w2s.shape[2]), dtype=w2s.dtype)
+    if out is None:
+        out = np.empty((x.shape[0], w2s.shape[2]), dtype=w2s.dtype)
     _k._predict_serial(x, params["node_weights"], params["node_biases"], params["w1s"], params["b1s"], w2s,
                        params["b2s"], depth, _k.ACTIVATION_CODES[activation], out)
     return out

@@ -1,5 +1,7 @@
 """The FFF model against the per-sample references of tests/naive.py, and its gradients against central differences."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -283,6 +285,44 @@ def test_predict_lets_nan_propagate():
     out = model.predict(x)
     assert np.isnan(out[0]).all() and np.isfinite(out[1]).all()
     assert model.route(x)[0] == 0  # NaN logits compare false with 0: left at every level
+
+
+@pytest.mark.parametrize("n", [1, 5, 40, 300])
+def test_predict_into_out(n):
+    """predict(x, out=y) writes the bits of predict(x) into y and returns it, on every path (batch 1 and small
+    batches take the serial path, 300 the grouped one)."""
+    model = FFF(20, 16, 3, 4, dtype="float32", seed=1)
+    x = np.random.default_rng(n).normal(size=(n, 20)).astype(np.float32)
+    out = np.full((n, 3), np.nan, np.float32)
+    assert model.predict(x, out=out, n_jobs=2) is out
+    np.testing.assert_array_equal(out, model.predict(x))
+    out[:] = np.nan
+    assert model.predict(x.astype(np.float64), out=out) is out  # converted input, same output array
+    np.testing.assert_array_equal(out, model.predict(x))
+
+
+def test_predict_refuses_bad_out_and_leaves_it_untouched():
+    model = FFF(5, 4, 3, 2, dtype="float32", seed=0)
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    for n in (1, 6):  # the batch-1 path and the checked one
+        good = np.full((n, 3), 7.0, np.float32)
+        bad = {f"shape ({n}, 1)": np.full((n, 1), 7.0, np.float32),
+               "dtype float64": np.full((n, 3), 7.0),
+               "not C-contiguous": np.full((3, n), 7.0, np.float32).T,
+               "read-only": np.lib.stride_tricks.as_strided(good, writeable=False)}
+        for what, out in bad.items():
+            if what == "not C-contiguous" and n == 1:
+                continue  # a (1, 3) transpose is C-contiguous too
+            with pytest.raises(ValueError, match=re.escape(what)):
+                model.predict(x[:n], out=out)
+            assert (out == 7.0).all()
+        with pytest.raises(TypeError, match="expected a NumPy array"):
+            model.predict(x[:n], out=good.tolist())
+    square = FFF(3, 2, 3, 2, dtype="float32", seed=0)
+    xs = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+    for rows in (xs[:1], xs):
+        with pytest.raises(ValueError, match="overlaps x"):
+            square.predict(rows, out=rows)
 
 
 def test_losses_match_reference():

@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine, tree
-from .._validation import (check_fits_in_memory, check_positive_float, check_positive_int, check_probability,
-                           format_bytes)
+from .._validation import (check_fits_in_memory, check_out, check_positive_float, check_positive_int,
+                           check_probability, format_bytes)
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
 
@@ -233,7 +233,7 @@ class FFF(Model):
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         return engine.route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
 
-    def predict(self, x, *, n_jobs=None) -> np.ndarray:
+    def predict(self, x, *, n_jobs=None, out=None) -> np.ndarray:
         """Hard inference (§2): route each sample to one leaf and evaluate that leaf only, b2 included.
 
         Runs on the Numba engine (``fffcpu.engine``): serial for small batches, samples grouped by leaf for
@@ -249,16 +249,25 @@ class FFF(Model):
         x : array-like, shape (n, input_width)
         n_jobs : int or None
             Numba threads for this call (None: the current ``numba.get_num_threads()``; -1: all).
+        out : ndarray, optional
+            Where to write the result: a writeable C-contiguous array of shape (n, output_width) and the model's
+            dtype that does not overlap ``x`` (checked before anything is written). Calls in a loop then do not
+            allocate, and the system does not map fresh pages for, a new output at every call, as
+            ``np.matmul(..., out=)`` does for a dense layer.
 
         Returns
         -------
-        ndarray, shape (n, output_width), the model's dtype
+        ndarray, shape (n, output_width), the model's dtype: ``out`` when given
         """
         if engine.is_ready(x, self.input_width, self.dtype) and (  # small C-contiguous batch of our dtype
                 x.shape[0] == 1 or x.shape[0] <= engine.serial_rows(self._sample_work)):
-            return engine.predict_small(x, self.params, self.depth, self.activation)
+            if out is not None:
+                out = check_out(out, x, (x.shape[0], self.output_width), self.dtype)
+            return engine.predict_small(x, self.params, self.depth, self.activation, out)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
-        return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs)
+        if out is not None:
+            out = check_out(out, x, (x.shape[0], self.output_width), self.dtype)
+        return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs, out=out)
 
     def predict_soft(self, x, *, chunk_size: int = 4096) -> np.ndarray:
         """The soft (training) mixture over all leaves, without region leak and without caching.

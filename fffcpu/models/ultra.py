@@ -32,7 +32,8 @@ import math
 
 import numpy as np
 
-from .._validation import check_fits_in_memory, check_input, check_positive_int, format_bytes, is_valid_input
+from .._validation import (check_fits_in_memory, check_input, check_out, check_positive_int, format_bytes,
+                           is_valid_input)
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
 from .base import Model, _aligned_empty
@@ -263,22 +264,7 @@ class UltraFFF(Model):
         if out is None:
             return _aligned_empty(shape, self.dtype) if x.shape[0] >= _kernels.GROUPED_MIN_BATCH else \
                 np.empty(shape, dtype=self.dtype)
-        if (type(out) is np.ndarray and out.shape == shape and out.dtype == self.dtype and out.flags.c_contiguous
-                and out.flags.writeable and not np.may_share_memory(out, x)):
-            return out
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out: expected a NumPy array of shape {shape} and dtype {self.dtype}, "
-                            f"got {type(out).__name__}")
-        problems = [f"shape {out.shape} (expected {shape})" if out.shape != shape else "",
-                    f"dtype {out.dtype} (expected {self.dtype})" if out.dtype != self.dtype else "",
-                    "not C-contiguous" if not out.flags.c_contiguous else "",
-                    "read-only" if not out.flags.writeable else "",
-                    "overlaps x" if np.may_share_memory(out, x) else ""]
-        problems = [p for p in problems if p]
-        if problems:
-            raise ValueError(f"out: {', '.join(problems)}; expected a writeable C-contiguous array of shape "
-                             f"{shape} and dtype {self.dtype} that does not overlap x")
-        return out
+        return check_out(out, x, shape, self.dtype)
 
     def predict_soft(self, x) -> np.ndarray:
         """The same as ``predict``: UltraFFF trains hard, it has no soft mixture."""
