@@ -112,7 +112,8 @@ def test_the_next_tiles_rows_stream_in_through_the_blocks_of_tiles_of_2_or_more(
     stream = kernels._streamed_rows
     assert [stream(count, 16, 8) for count in (1, 2, 3, 4, 5, 7, 8)] == [0, 4, 4, 4, 8, 8, 8]
     assert stream(8, 16, 3) == 3 and stream(4, 16, 0) == 0 and stream(2, 16, 1) == 1
-    assert stream(8, kernels.WIDE + 19, 8) == 8 and stream(4, 17, 5) == 4
+    assert stream(8, kernels.WIDE + 19, 8) == 8 and stream(4, 17, 5) == 4 and stream(4, kernels.WIDE, 8) == 4
+    assert stream(3, kernels.WIDE, 8) == 0 and stream(3, kernels.WIDE - 1, 8) == 4  # long-row loops below 4
     for narrow_or_masked_only in (*kernels.NARROW, 3, 12, 15):
         assert stream(8, narrow_or_masked_only, 8) == 0
 

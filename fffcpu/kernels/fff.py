@@ -623,8 +623,10 @@ def _streamed_rows(count, width, next_count):
     """How many of the next tile's ``next_count`` input rows the 16-unit blocks of a tile of ``count`` samples of a
     leaf ``width`` units wide prefetch as they compute (``_eval_tile``): four per block of the first 16-unit
     column, in tiles of at least 2 samples (a single sample computes too briefly to hide them), none in leaves
-    that go through the narrow or masked blocks only."""
-    if count < 2 or width < LANES or width == 1 or width == 2 or width == 4 or width == 8:
+    that go through the narrow or masked blocks only or, in tiles of fewer than 4 samples of ``WIDE`` units or
+    more, through the long-row loops."""
+    long_rows = width >= WIDE and count < 4
+    if count < 2 or width < LANES or long_rows:  # (the narrow widths 1, 2, 4 and 8 are all below LANES)
         return 0
     return min(next_count, 4 * ((count + 3) // 4))
 
