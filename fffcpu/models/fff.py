@@ -251,9 +251,8 @@ class FFF(Model):
             Numba threads for this call (None: the current ``numba.get_num_threads()``; -1: all).
         out : ndarray, optional
             Where to write the result: a writeable C-contiguous array of shape (n, output_width) and the model's
-            dtype that does not overlap ``x`` (checked before anything is written). Calls in a loop then do not
-            allocate, and the system does not map fresh pages for, a new output at every call, as
-            ``np.matmul(..., out=)`` does for a dense layer.
+            dtype that does not overlap ``x`` (checked before anything is written). Calls in a loop can then reuse
+            one output instead of allocating one per call, as ``np.matmul(..., out=)`` does for a dense layer.
 
         Returns
         -------
