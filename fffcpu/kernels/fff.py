@@ -633,7 +633,7 @@ def _streamed_rows(count, width, next_count):
 
 @njit(cache=True, nogil=True)
 def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf=-1, next_start=0,
-               next_count=0):
+               streamed=0):
     """Outputs of ``leaf`` for the samples ``order[start:stop]`` (at most ``TILE``), written to their rows of ``out``.
 
     ``hid`` (TILE, leaf_width) and, for leaves of ``WIDE`` units or more, ``part`` (4, TILE, leaf_width) are
@@ -644,8 +644,9 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
     pieces, one 16-unit column at a time: fine when 4 samples share each piece, slow for one sample); all sum in
     the order of the module docstring. With ``next_leaf >= 0``, the 16-unit
     blocks' first pass over W1 prefetches the same rows of W1 of ``next_leaf``. The input rows
-    ``order[next_start:next_start + next_count]`` (the next tile's) are prefetched by the blocks of the first
-    16-unit column, four rows per block, when ``_streamed_rows`` says so (the caller prefetches the others).
+    ``order[next_start:next_start + streamed]`` (the first of the next tile's, as many as ``_streamed_rows``
+    gives) are prefetched by the blocks of the first 16-unit column, four rows per block (the caller prefetches
+    the others).
     """
     n_in = x.shape[1]
     width = w1s.shape[2]
@@ -669,7 +670,8 @@ def _eval_tile(x, order, start, stop, leaf, w1s, b1s, w2s, b2s, act, part, hid, 
         leaf_off = leaf * n_in * width
         for jb in range(0, w16, LANES):
             pf = next_leaf * n_in * width + jb if next_leaf >= 0 else -1
-            streamed = _streamed_rows(count, width, next_count) if jb == 0 else 0
+            if jb > 0:
+                streamed = 0  # the first column's blocks prefetched them
             t = 0
             while t + 4 <= count:
                 if t < streamed:
@@ -860,12 +862,11 @@ def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act,
     for q in range(lo, hi):
         leaf = tile_leaf[q]
         next_start = 0
-        next_count = 0
+        streamed = 0
         if q + 1 < hi:
             next_start = starts[q + 1]
-            next_count = starts[q + 2] - next_start
-            streamed = _streamed_rows(starts[q + 1] - starts[q], width, next_count)
-            for k in range(next_start + streamed, next_start + next_count):
+            streamed = _streamed_rows(starts[q + 1] - starts[q], width, starts[q + 2] - next_start)
+            for k in range(next_start + streamed, starts[q + 2]):
                 _prefetch_row(x, order[k])
         next_leaf = -1
         if prefetch_leaves and (q == lo or tile_leaf[q - 1] != leaf):
@@ -875,7 +876,7 @@ def _eval_tile_run(x, order, starts, tile_leaf, lo, hi, w1s, b1s, w2s, b2s, act,
             if r < hi:
                 next_leaf = tile_leaf[r]
         _eval_tile(x, order, starts[q], starts[q + 1], leaf, w1s, b1s, w2s, b2s, act, part, hid, out, next_leaf,
-                   next_start, next_count)
+                   next_start, streamed)
 
 
 @njit(cache=True, nogil=True)
