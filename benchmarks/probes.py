@@ -9,6 +9,10 @@ them).
 * Input traffic: at depth 9, leaf 16, batch 4096 (2 threads), routing and the leaf evaluation with a new input batch
   per call (from a pool larger than the L3, as in the inference benchmark) or the same batch at every call.
 * Node-row bytes: routing at batch 4096 (2 threads) with 784 and with 392 inputs per sample, the same depth.
+* Leaf weights and the L3: at depth 9, leaf 16, batch 4096 (2 threads), the same input batch at every call, the
+  grouped leaf evaluation alone with the samples in full tiles of 8 on all 512 leaves (25.7 MB of W1 at 784 inputs)
+  or on 64 of them (3.2 MB): the same tiles and multiply-adds, only the leaf weights' footprint differs. With 784
+  inputs the batch (12.8 MB) and the leaf weights together exceed the 32 MiB L3; with 392 they fit.
 * Routing under the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing and a bare read of the reached
   leaves' W1 run one after the other, interleaved on each core (a leaf read, then that leaf's share of the routing),
   or side by side (one thread routes every sample while the other reads every leaf): whether routing can hide
@@ -214,6 +218,26 @@ def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
     return {k: v[0] for k, v in timed.items()}
 
 
+def leaf_footprint(depth=9, batch=4096, threads=THREADS, budget=1.0):
+    """Median times (s) of the grouped leaf evaluation alone (``engine.leaf_outputs``), the same input batch at every
+    call, its samples in full tiles of 8 (sample s goes to leaf (s // 8) mod n) on all the leaves (n = 2^depth) or
+    on an eighth of them: the same tiles and arithmetic, an eighth of the leaf weights. Keys (n_in, n_leaves used)."""
+    rng = np.random.default_rng(5)
+    fns = {}
+    for n_in in (INPUT_WIDTH, INPUT_WIDTH // 2):
+        model = FFF(n_in, 16, 10, depth, dtype="float32", seed=0)
+        x = rng.standard_normal((batch, n_in), dtype=np.float32)
+        for used in (model.n_leaves, max(1, model.n_leaves // 8)):
+            leaves = (np.arange(batch) // kernels.TILE) % used
+            fns[(n_in, used)] = functools.partial(_leaf_outputs, x, leaves, model.params, threads)
+    timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
+    return {k: v[0] for k, v in timed.items()}
+
+
+def _leaf_outputs(x, leaves, params, threads, k):
+    return engine.leaf_outputs(x, leaves, params, "relu", n_jobs=threads)
+
+
 def _route_from_pool(pool, node_weights, node_biases, depth, threads, k):
     return engine.route(pool[k % len(pool)], node_weights, node_biases, depth, n_jobs=threads)
 
@@ -226,6 +250,8 @@ def run(quick=False, *, threads=THREADS) -> Section:
     traffic = input_traffic(6 if quick else 9, batch=batch, threads=threads, budget=budget)
     depths = (6, 9) if quick else (9, 12)
     rows_bytes = node_row_bytes(depths, batch=batch, threads=threads, budget=budget)
+    footprint_depth = 6 if quick else 9
+    footprint = leaf_footprint(footprint_depth, batch=batch, threads=threads, budget=budget)
     overlap_depth = 9 if quick else 12
     overlap = routing_overlap(overlap_depth, batch=batch, threads=threads, budget=budget) if threads >= 2 else None
     ms = 1e3
@@ -257,6 +283,23 @@ def run(quick=False, *, threads=THREADS) -> Section:
             [d, f"{rows_bytes[(d, INPUT_WIDTH)] * ms:.3f} ms", f"{rows_bytes[(d, INPUT_WIDTH // 2)] * ms:.3f} ms",
              f"{rows_bytes[(d, INPUT_WIDTH)] / rows_bytes[(d, INPUT_WIDTH // 2)]:.2f}"] for d in depths]),
     ]
+    n_leaves = 2**footprint_depth
+    few = max(1, n_leaves // 8)
+    mb = 1e-6 * 16 * 4  # MB of W1 per leaf and input
+    md += [
+        "",
+        (f"Leaf weights and the L3: depth {footprint_depth}, leaf 16, batch {batch}, {threads} threads, the same input "
+         "batch at every call, the grouped leaf evaluation alone, its samples in full tiles of 8 (sample s sent to "
+         f"leaf (s // 8) mod n) on all {n_leaves} leaves or on {few}: the same tiles and multiply-adds; only the "
+         f"bytes of leaf weights differ. The L3 holds 32 MiB; the batch takes {batch * 4e-6 * INPUT_WIDTH:.1f} MB at "
+         "784 inputs."),
+        "",
+        table(["inputs", f"{n_leaves} leaves", f"{few} leaves", "ratio"], [
+            [n_in, f"{footprint[(n_in, n_leaves)] * ms:.3f} ms ({n_leaves * n_in * mb:.1f} MB of W1)",
+             f"{footprint[(n_in, few)] * ms:.3f} ms ({few * n_in * mb:.1f} MB)",
+             f"{footprint[(n_in, n_leaves)] / footprint[(n_in, few)]:.2f}"]
+            for n_in in (INPUT_WIDTH, INPUT_WIDTH // 2)]),
+    ]
     if overlap:
         base = overlap["route, then read"]
         md += [
@@ -271,10 +314,11 @@ def run(quick=False, *, threads=THREADS) -> Section:
             table(["run", "time", "vs route, then read"], [
                 [name, f"{t * ms:.3f} ms", f"{t / base:.2f}"] for name, t in overlap.items()]),
         ]
-    return Section("Engine probes: loads, alignment, input traffic, node-row bytes, routing under the leaf stream",
+    return Section("Engine probes: loads, alignment, input traffic, node-row bytes, leaf weights and the L3, routing "
+                   "under the leaf stream",
                    "\n".join(md),
                    figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes,
-                            "overlap": overlap})
+                            "footprint": footprint, "overlap": overlap})
 
 
 def main(argv=None):

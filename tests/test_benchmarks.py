@@ -117,6 +117,9 @@ def test_engine_probes_quick_run_renders_every_table():
     assert set(f["node_rows"]) == {(6, 784), (6, 392), (9, 784), (9, 392)}
     for needle in ("| probe | aligned to 64 bytes |", "| route |", "| leaves |", "| 9 |"):
         assert needle in section.markdown
+    assert set(f["footprint"]) == {(784, 64), (784, 8), (392, 64), (392, 8)}
+    assert all(t > 0 for t in f["footprint"].values())
+    assert "| inputs | 64 leaves | 8 leaves | ratio |" in section.markdown and "(3.2 MB of W1)" in section.markdown
     assert set(f["overlap"]) == {"route", "read", "route, then read", "interleaved on each core",
                                  "side by side (one thread routes)"}
     assert all(t > 0 for t in f["overlap"].values()) and "| interleaved on each core |" in section.markdown
