@@ -521,10 +521,19 @@ def evaluate_targets(rows, use_torch, peak=None):
             measured += (f"; out of reach at {len(beyond)} of them, whose multiply-adds alone take more than 1/100 "
                          f"of the torch package's time at the measured peak of {peak / 1e9:.0f} GMAC/s: "
                          + ", ".join(f"width {r['width']} depth {r['depth']} leaf {r['leaf']} at most "
-                                     f"{r['t_pkg'] * peak / call_macs(r):.0f}x" for r in beyond))
+                                     f"{_below_100(r['t_pkg'] * peak / call_macs(r))}" for r in beyond))
             status = "missed; physically out of reach (multiply-adds vs peak)"
         out.append((text, measured, status))
     return out
+
+
+def _below_100(v):
+    """``v`` (< 100) as "NN.Nx", with as many decimals as it takes not to print 100 or more."""
+    for digits in range(1, 7):
+        text = f"{v:.{digits}f}"
+        if float(text) < 100:
+            break
+    return text + "x"
 
 
 def bytes_moved(r):

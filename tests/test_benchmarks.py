@@ -104,7 +104,11 @@ def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
     fast = dict(row, width=128, depth=6, leaf=2, t_pkg=500 * inference.call_macs(dict(row, depth=6, leaf=2)) / peak)
     (_, measured, status), = [t for t in inference.evaluate_targets([slow, fast], True, peak) if "torch" in t[0]]
     assert status == "missed; physically out of reach (multiply-adds vs peak)"
-    assert "out of reach at 1 of them" in measured and "width 1024 depth 3 leaf 128 at most 50x" in measured
+    assert "out of reach at 1 of them" in measured and "width 1024 depth 3 leaf 128 at most 50.0x" in measured
+    # a bound just below 100x is printed below 100x
+    near = dict(slow, t_pkg=99.996 * macs / peak)
+    (_, measured, status), = [t for t in inference.evaluate_targets([near], True, peak) if "torch" in t[0]]
+    assert status.endswith("out of reach (multiply-adds vs peak)") and "at most 99.996x" in measured
     (_, measured, status), = [t for t in inference.evaluate_targets([fast], True, peak) if "torch" in t[0]]
     assert status == "missed" and "out of reach" not in measured
 
