@@ -220,7 +220,7 @@ def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
 
 def leaf_footprint(depth=9, batch=4096, threads=THREADS, budget=1.0):
     """Median times (s) of the grouped leaf evaluation alone (``engine.leaf_outputs``), the same input batch at every
-    call, its samples in full tiles of 8 (sample s goes to leaf (s // 8) mod n) on all the leaves (n = 2^depth) or
+    call, its samples in full tiles (sample s goes to leaf (s // TILE) mod n) on all the leaves (n = 2^depth) or
     on an eighth of them: the same tiles and arithmetic, an eighth of the leaf weights. Keys (n_in, n_leaves used)."""
     rng = np.random.default_rng(5)
     fns = {}
@@ -289,8 +289,9 @@ def run(quick=False, *, threads=THREADS) -> Section:
     md += [
         "",
         (f"Leaf weights and the L3: depth {footprint_depth}, leaf 16, batch {batch}, {threads} threads, the same input "
-         "batch at every call, the grouped leaf evaluation alone, its samples in full tiles of 8 (sample s sent to "
-         f"leaf (s // 8) mod n) on all {n_leaves} leaves or on {few}: the same tiles and multiply-adds; only the "
+         f"batch at every call, the grouped leaf evaluation alone, its samples in full tiles of {kernels.TILE} (sample "
+         f"s sent to leaf (s // {kernels.TILE}) mod n) on all {n_leaves} leaves or on {few}: the same tiles and "
+         "multiply-adds; only the "
          f"bytes of leaf weights differ. The L3 holds 32 MiB; the batch takes {batch * 4e-6 * INPUT_WIDTH:.1f} MB at "
          "784 inputs."),
         "",
