@@ -283,26 +283,36 @@ def _prefetch_l2(builder, pointer):
     builder.call(fn, [builder.bitcast(pointer, i8p), i32(0), i32(2), i32(1)])
 
 
+def _prefetch_lines(context, builder, signature, xa, first, stop):
+    """IR prefetching into L2 the cache lines of the 2-D array ``xa`` (the intrinsic's first argument) that hold its
+    flat elements ``first`` to ``stop`` (exclusive), one prefetch per line's worth of elements."""
+    intp = context.get_value_type(types.intp)
+    itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+    step = ir.Constant(intp, max(1, _LINE // itemsize))
+    with cgutils.for_range_slice(builder, first, stop, step, intp) as (i, _):
+        _prefetch_l2(builder, builder.gep(xa.data, [i]))
+
+
+def _is_c_matrix(x):
+    return isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C"
+
+
 @intrinsic
 def _prefetch_span(typingctx, x, start, n_lines):
     """Prefetch into L2 ``n_lines`` cache lines of the C-contiguous 2-D array ``x`` from its flat element
     ``start`` on (none past the end of ``x``)."""
-    if not (isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C"
-            and isinstance(start, types.Integer) and isinstance(n_lines, types.Integer)):
+    if not (_is_c_matrix(x) and isinstance(start, types.Integer) and isinstance(n_lines, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
         xa, = _array_args(context, builder, signature, args, (0,))
         first, n = _intp_args(context, builder, signature, args, (1, 2))
-        intp = context.get_value_type(types.intp)
         shape = cgutils.unpack_tuple(builder, xa.shape, 2)
         size = builder.mul(shape[0], shape[1])
         itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
-        step = ir.Constant(intp, max(1, _LINE // itemsize))
-        stop = builder.add(first, builder.mul(n, step))
+        stop = builder.add(first, builder.mul(n, ir.Constant(first.type, max(1, _LINE // itemsize))))
         stop = builder.select(builder.icmp_signed("<", stop, size), stop, size)
-        with cgutils.for_range_slice(builder, first, stop, step, intp) as (i, _):
-            _prefetch_l2(builder, builder.gep(xa.data, [i]))
+        _prefetch_lines(context, builder, signature, xa, first, stop)
         return context.get_dummy_value()
 
     return types.none(x, start, n_lines), codegen
@@ -311,19 +321,15 @@ def _prefetch_span(typingctx, x, start, n_lines):
 @intrinsic
 def _prefetch_row(typingctx, x, row):
     """Prefetch into L2 every cache line of row ``row`` of the C-contiguous 2-D array ``x``."""
-    if not (isinstance(x, types.Array) and x.ndim == 2 and x.layout == "C" and isinstance(row, types.Integer)):
+    if not (_is_c_matrix(x) and isinstance(row, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
         xa, = _array_args(context, builder, signature, args, (0,))
-        r = context.cast(builder, args[1], signature.args[1], types.intp)
-        intp = context.get_value_type(types.intp)
+        start, = _intp_args(context, builder, signature, args, (1,))
         n_in = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
-        start = builder.mul(r, n_in)
-        itemsize = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
-        step = ir.Constant(intp, max(1, _LINE // itemsize))
-        with cgutils.for_range_slice(builder, start, builder.add(start, n_in), step, intp) as (i, _):
-            _prefetch_l2(builder, builder.gep(xa.data, [i]))
+        start = builder.mul(start, n_in)
+        _prefetch_lines(context, builder, signature, xa, start, builder.add(start, n_in))
         return context.get_dummy_value()
 
     return types.none(x, row), codegen
