@@ -13,6 +13,12 @@ them).
   grouped leaf evaluation alone with the samples in full tiles of 8 on all 512 leaves (25.7 MB of W1 at 784 inputs)
   or on 64 of them (3.2 MB): the same tiles and multiply-adds, only the leaf weights' footprint differs. With 784
   inputs the batch (12.8 MB) and the leaf weights together exceed the 32 MiB L3; with 392 they fit.
+* Data the caches keep: one array of 4 to 96 MiB summed over and over (2 threads, 16-lane loads): the read rate
+  shows how much of the 32 MiB L3 a process can count on finding again (the L3 is shared with the rest of the
+  machine).
+* Routing after the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing a new batch right after
+  routing another one (the node rows are still in the caches) or right after another batch's leaf evaluation (as in
+  back-to-back predict calls, where the leaf weights stream through the caches between two routings).
 * Routing under the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing and a bare read of the reached
   leaves' W1 run one after the other, interleaved on each core (a leaf read, then that leaf's share of the routing),
   or side by side (one thread routes every sample while the other reads every leaf): whether routing can hide
@@ -24,6 +30,7 @@ Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.pro
 from __future__ import annotations
 
 import functools
+from time import perf_counter
 
 import numba
 import numpy as np
@@ -38,8 +45,10 @@ from .common import (
     best_time,
     interleaved_medians,
     section_main,
+    settle,
     table,
 )
+from .inference import _row_sums
 
 INPUT_WIDTH = 784
 
@@ -234,6 +243,54 @@ def leaf_footprint(depth=9, batch=4096, threads=THREADS, budget=1.0):
     return {k: v[0] for k, v in timed.items()}
 
 
+def cache_reuse(sizes_mib, threads=THREADS, budget=1.0):
+    """Read rate (bytes/s) of an array of each size in MiB summed over and over (``_row_sums``, 16-lane loads over
+    ``threads`` Numba threads): the rate of the caches while the array stays in them, falling to the memory's rate as
+    it outgrows what they keep. Keys: the sizes."""
+    ones = np.ones((1, 4096), dtype=np.float32)
+    arrays = {mib: np.ones(((mib << 20) // (4 * 4096), 4096), dtype=np.float32) for mib in sizes_mib}
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        fns = {mib: functools.partial(_sum_rows, a, ones, threads) for mib, a in arrays.items()}
+        timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 400))
+    finally:
+        numba.set_num_threads(saved)
+    return {mib: arrays[mib].nbytes / timed[mib][0] for mib in sizes_mib}
+
+
+def _sum_rows(rows, ones, threads, k):
+    return _row_sums(rows, ones, threads)
+
+
+def routing_after_leaves(depth=12, batch=4096, threads=THREADS, rounds=100):
+    """Median times (s) of routing a new input batch (``engine.route``) right after routing another batch ("after
+    routing") and right after the leaf evaluation of another batch ("after a leaf evaluation"), the two arrangements
+    taking turns; the inputs come from a pool of five batches, larger than the L3, in both."""
+    rng = np.random.default_rng(6)
+    model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    p = model.params
+    pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(5)]
+    leaves = [model.route(x, n_jobs=threads) for x in pool]
+    P = len(pool)
+
+    def route(k):
+        return engine.route(pool[k % P], p["node_weights"], p["node_biases"], depth, n_jobs=threads)
+
+    before = {"after routing": route,
+              "after a leaf evaluation": lambda k: engine.leaf_outputs(pool[k % P], leaves[k % P], p, "relu",
+                                                                       n_jobs=threads)}
+    times = {name: [] for name in before}
+    settle()
+    for k in range(rounds):
+        for name, fn in before.items():
+            fn(2 * k)
+            t = perf_counter()
+            route(2 * k + 1)
+            times[name].append(perf_counter() - t)
+    return {name: float(np.median(v[1:])) for name, v in times.items()}
+
+
 def _leaf_outputs(x, leaves, params, threads, k):
     return engine.leaf_outputs(x, leaves, params, "relu", n_jobs=threads)
 
@@ -252,7 +309,10 @@ def run(quick=False, *, threads=THREADS) -> Section:
     rows_bytes = node_row_bytes(depths, batch=batch, threads=threads, budget=budget)
     footprint_depth = 6 if quick else 9
     footprint = leaf_footprint(footprint_depth, batch=batch, threads=threads, budget=budget)
+    reuse_sizes = (4, 48) if quick else (4, 8, 12, 16, 20, 24, 32, 48, 96)
+    reuse = cache_reuse(reuse_sizes, threads=threads, budget=budget)
     overlap_depth = 9 if quick else 12
+    after = routing_after_leaves(overlap_depth, batch=batch, threads=threads, rounds=10 if quick else 100)
     overlap = routing_overlap(overlap_depth, batch=batch, threads=threads, budget=budget) if threads >= 2 else None
     ms = 1e3
     body = [
@@ -301,6 +361,22 @@ def run(quick=False, *, threads=THREADS) -> Section:
              f"{footprint[(n_in, n_leaves)] / footprint[(n_in, few)]:.2f}"]
             for n_in in (INPUT_WIDTH, INPUT_WIDTH // 2)]),
     ]
+    md += [
+        "",
+        (f"Data the caches keep: one array summed over and over, {threads} threads (16-lane loads). The L3 holds "
+         "32 MiB, shared with the rest of the machine; the read rate falls to the memory's as the array outgrows the "
+         "part of it the process finds again."),
+        "",
+        table(["array", "read rate"], [[f"{mib} MiB", f"{reuse[mib] / 1e9:.1f} GB/s"] for mib in reuse_sizes]),
+        "",
+        (f"Routing after the leaf stream, depth {overlap_depth}, leaf 16, batch {batch}, {threads} threads, a new "
+         "input batch per routing: right after routing another batch (the node rows are still in the caches) or "
+         "right after another batch's leaf evaluation, as in back-to-back predict calls (the leaf weights stream "
+         "through the caches in between). Median of the routing alone."),
+        "",
+        table(["routing", "time", "ratio"], [
+            [name, f"{t * ms:.3f} ms", f"{t / after['after routing']:.2f}"] for name, t in after.items()]),
+    ]
     if overlap:
         base = overlap["route, then read"]
         md += [
@@ -315,11 +391,11 @@ def run(quick=False, *, threads=THREADS) -> Section:
             table(["run", "time", "vs route, then read"], [
                 [name, f"{t * ms:.3f} ms", f"{t / base:.2f}"] for name, t in overlap.items()]),
         ]
-    return Section("Engine probes: loads, alignment, input traffic, node-row bytes, leaf weights and the L3, routing "
-                   "under the leaf stream",
+    return Section("Engine probes: loads, alignment, input traffic, node-row bytes, leaf weights and the L3, data the "
+                   "caches keep, routing after and under the leaf stream",
                    "\n".join(md),
                    figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes,
-                            "footprint": footprint, "overlap": overlap})
+                            "footprint": footprint, "reuse": reuse, "after": after, "overlap": overlap})
 
 
 def main(argv=None):

@@ -124,6 +124,10 @@ def test_engine_probes_quick_run_renders_every_table():
     assert set(f["footprint"]) == {(784, 64), (784, 8), (392, 64), (392, 8)}
     assert all(t > 0 for t in f["footprint"].values())
     assert "| inputs | 64 leaves | 8 leaves | ratio |" in section.markdown and "(3.2 MB of W1)" in section.markdown
+    assert set(f["reuse"]) == {4, 48} and all(rate > 0 for rate in f["reuse"].values())
+    assert "| 48 MiB |" in section.markdown
+    assert set(f["after"]) == {"after routing", "after a leaf evaluation"} and all(t > 0 for t in f["after"].values())
+    assert "| after a leaf evaluation |" in section.markdown
     assert set(f["overlap"]) == {"route", "read", "route, then read", "interleaved on each core",
                                  "side by side (one thread routes)"}
     assert all(t > 0 for t in f["overlap"].values()) and "| interleaved on each core |" in section.markdown
