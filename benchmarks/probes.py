@@ -162,12 +162,18 @@ def dot_alignment(repeats=50, samples=256, depth=3):
     return out
 
 
-def input_traffic(depth=9, batch=4096, threads=THREADS, budget=1.0):
-    rng = np.random.default_rng(2)
+def _model_and_batches(depth, batch, threads, seed):
+    """A depth-``depth`` FFF of 784 inputs, 16-unit leaves and 10 outputs, a pool of five input batches (at batch
+    4096 more than the L3 holds) and the leaves each batch reaches."""
+    rng = np.random.default_rng(seed)
     model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
-    p = model.params
     pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(5)]
-    leaves = [model.route(x, n_jobs=threads) for x in pool]
+    return model, pool, [model.route(x, n_jobs=threads) for x in pool]
+
+
+def input_traffic(depth=9, batch=4096, threads=THREADS, budget=1.0):
+    model, pool, leaves = _model_and_batches(depth, batch, threads, seed=2)
+    p = model.params
     P = len(pool)
 
     def route(x):
@@ -200,13 +206,11 @@ def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
     other, interleaved on each core, and side by side on different cores (``_overlap``); new inputs at every call."""
     if threads < 2:
         raise ValueError(f"routing_overlap needs at least 2 threads (one routes while another reads), got {threads}")
-    rng = np.random.default_rng(4)
-    model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    model, pool, routed = _model_and_batches(depth, batch, threads, seed=4)
     p = model.params
     nw, nb = p["node_weights"], p["node_biases"]
     w1 = p["w1s"].reshape(model.n_leaves, -1)  # a view: leaf rows of INPUT_WIDTH * 16 weights
-    pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(5)]
-    reached = [np.unique(model.route(x, n_jobs=threads)) for x in pool]
+    reached = [np.unique(leaves) for leaves in routed]
     leaves = np.empty(batch, dtype=np.int64)
     P = len(pool)
 
@@ -267,11 +271,8 @@ def routing_after_leaves(depth=12, batch=4096, threads=THREADS, rounds=100):
     """Median times (s) of routing a new input batch (``engine.route``) right after routing another batch ("after
     routing") and right after the leaf evaluation of another batch ("after a leaf evaluation"), the two arrangements
     taking turns; the inputs come from a pool of five batches, larger than the L3, in both."""
-    rng = np.random.default_rng(6)
-    model = FFF(INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    model, pool, leaves = _model_and_batches(depth, batch, threads, seed=6)
     p = model.params
-    pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(5)]
-    leaves = [model.route(x, n_jobs=threads) for x in pool]
     P = len(pool)
 
     def route(k):
@@ -297,6 +298,11 @@ def _leaf_outputs(x, leaves, params, threads, k):
 
 def _route_from_pool(pool, node_weights, node_biases, depth, threads, k):
     return engine.route(pool[k % len(pool)], node_weights, node_biases, depth, n_jobs=threads)
+
+
+def _ratio_rows(times, base):
+    """Table rows of median times (s) by name: the name, the time in ms, its ratio to ``base``."""
+    return [[name, f"{t * 1e3:.3f} ms", f"{t / base:.2f}"] for name, t in times.items()]
 
 
 def run(quick=False, *, threads=THREADS) -> Section:
@@ -374,8 +380,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
          "right after another batch's leaf evaluation, as in back-to-back predict calls (the leaf weights stream "
          "through the caches in between). Median of the routing alone."),
         "",
-        table(["routing", "time", "ratio"], [
-            [name, f"{t * ms:.3f} ms", f"{t / after['after routing']:.2f}"] for name, t in after.items()]),
+        table(["routing", "time", "ratio"], _ratio_rows(after, after["after routing"])),
     ]
     if overlap:
         base = overlap["route, then read"]
@@ -388,8 +393,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
              "its samples; the hardware has the next leaf's lines to stream while the dot products run), or side by "
              "side (one thread routes every sample while the other threads read every leaf)."),
             "",
-            table(["run", "time", "vs route, then read"], [
-                [name, f"{t * ms:.3f} ms", f"{t / base:.2f}"] for name, t in overlap.items()]),
+            table(["run", "time", "vs route, then read"], _ratio_rows(overlap, base)),
         ]
     return Section("Engine probes: loads, alignment, input traffic, node-row bytes, leaf weights and the L3, data the "
                    "caches keep, routing after and under the leaf stream",
