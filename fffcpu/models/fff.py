@@ -260,13 +260,17 @@ class FFF(Model):
         """
         if engine.is_ready(x, self.input_width, self.dtype) and (  # small C-contiguous batch of our dtype
                 x.shape[0] == 1 or x.shape[0] <= engine.serial_rows(self._sample_work)):
-            if out is not None:
-                out = check_out(out, x, (x.shape[0], self.output_width), self.dtype)
+            if out is not None:  # (no call at all on the batch-1 path without one)
+                out = self._check_out(out, x)
             return engine.predict_small(x, self.params, self.depth, self.activation, out)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         if out is not None:
-            out = check_out(out, x, (x.shape[0], self.output_width), self.dtype)
+            out = self._check_out(out, x)
         return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs, out=out)
+
+    def _check_out(self, out, x):
+        """``out`` checked (``_validation.check_out``) as the output of ``predict`` on the checked input ``x``."""
+        return check_out(out, x, (x.shape[0], self.output_width), self.dtype)
 
     def predict_soft(self, x, *, chunk_size: int = 4096) -> np.ndarray:
         """The soft (training) mixture over all leaves, without region leak and without caching.
