@@ -154,3 +154,37 @@ def test_aligned_array_starts_where_asked():
     for offset in (0, 4, 16):
         a = probes.aligned_array(100, np.float32, offset, rng)
         assert a.ctypes.data % 64 == offset and a.shape == (100,) and np.isfinite(a).all()
+
+
+def test_ab_parses_cases_and_refuses_bad_ones():
+    from benchmarks import ab
+    assert ab.parse_case("9,16,4096") == (9, 16, 4096)
+    for bad in ("9,16", "a,b,c", "9,0,4", "-1,16,4"):
+        with pytest.raises(Exception, match="a case"):
+            ab.parse_case(bad)
+    with pytest.raises(SystemExit):
+        ab.main(["HEAD"])  # one version: nothing to compare
+
+
+def test_ab_copies_a_directory_or_refuses_what_is_not_a_version(tmp_path):
+    from benchmarks import ab
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    target = ab.materialize(repo, str(tmp_path), 3)
+    assert os.path.basename(target) == "fffcpu_ab3"
+    assert os.path.isfile(os.path.join(target, "kernels", "fff.py"))
+    assert not any("__pycache__" in dirs for dirs, _, _ in os.walk(target))
+    with pytest.raises(SystemExit, match="neither a directory holding an fffcpu package nor a git revision"):
+        ab.materialize(str(tmp_path / "nowhere"), str(tmp_path), 4)
+
+
+@pytest.mark.parametrize("kind", ["call", "route", "leaves"])
+def test_ab_measures_every_kind_and_compares_the_bits(kind):
+    from benchmarks import ab
+    base, summary, same = ab.measure([fffcpu, fffcpu], (3, 4, 40), kind=kind, rounds=2, budget=0.01,
+                                     pool_bytes=0)
+    assert base > 0 and same == [True, True] and len(summary) == 1
+    mid, lo, hi = summary[0]
+    assert 0 < lo <= mid <= hi
+    line = ab.format_line(kind, (3, 4, 40), ["HEAD", "."], base, summary, same)
+    assert line.startswith(f"{kind} depth 3 leaf 4 batch 40: HEAD ") and ". " in line and "other bits" not in line
+    assert "[other bits]" in ab.format_line(kind, (3, 4, 40), ["HEAD", "."], base, summary, [True, False])
