@@ -2,6 +2,7 @@
 No timing assertions (timings depend on the machine and its load)."""
 
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -175,6 +176,10 @@ def test_ab_copies_a_directory_or_refuses_what_is_not_a_version(tmp_path):
     assert not any("__pycache__" in dirs for dirs, _, _ in os.walk(target))
     with pytest.raises(SystemExit, match="neither a directory holding an fffcpu package nor a git revision"):
         ab.materialize(str(tmp_path / "nowhere"), str(tmp_path), 4)
+    if shutil.which("git") and os.path.isdir(os.path.join(repo, ".git")):
+        target = ab.materialize("HEAD", str(tmp_path), 5)
+        assert os.path.isfile(os.path.join(target, "kernels", "fff.py"))
+        assert not os.path.exists(os.path.join(str(tmp_path), ".tar5"))
 
 
 @pytest.mark.parametrize("kind", ["call", "route", "leaves"])
