@@ -17,10 +17,10 @@ beforehand (``leaves``).
 
 Every version is first compiled in a process of its own, which fills its Numba cache; the timing process then
 loads every version from that cache, as a program runs the kernels after its first run. Code compiled in the
-timing process itself can run at another speed than the same source loaded from the cache: Numba links the
-callees of a fresh compilation to their own, separately compiled copies, and the cache holds the copies inlined
-into the caller's module. (Measured on one change: the grouped evaluation of 2-unit leaves, depth 9, batch 256,
-at 1.00x when compiled in the timing process, 0.82x loaded from the cache.)
+timing process itself can run at another speed than the same source loaded from the cache: the code is laid out
+and linked differently (a fresh compilation also builds each called kernel on its own, and that copy of the tile
+kernel differs from the one compiled into the cached caller). Measured on one change: the grouped evaluation of
+2-unit leaves, depth 9, batch 256, at 1.00x compiled in the timing process, 0.82x loaded from the cache.
 """
 
 from __future__ import annotations
