@@ -38,9 +38,8 @@ import tempfile
 import numpy as np
 
 from .common import THREADS, interleaved_medians
+from .inference import INPUT_WIDTH, OUTPUT_WIDTH, _pool
 
-INPUT_WIDTH, OUTPUT_WIDTH = 784, 10
-POOL_BYTES = 96 << 20  # the input pool of a case: three times the L3 of the machine measured
 KINDS = ("call", "route", "leaves")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,16 +85,15 @@ def parse_case(text):
     return depth, leaf, batch
 
 
-def _setup(modules, case, pool_bytes):
-    """Models of every version on one set of parameters, an input pool, and the leaves of each batch."""
+def _setup(modules, case, quick):
+    """Models of every version on one set of parameters, the grid's input pool (``inference._pool``: larger than
+    the L3, a few batches with ``quick``), and the leaves of each batch."""
     depth, leaf, batch = case
     models = [m.FFF(INPUT_WIDTH, leaf, OUTPUT_WIDTH, depth, dtype="float32", seed=0) for m in modules]
     for model in models[1:]:
         for key in models[0].params:
             model.params[key] = models[0].params[key]
-    rng = np.random.default_rng(1)
-    count = max(2, min(64, pool_bytes // (batch * INPUT_WIDTH * 4)))
-    pool = [rng.standard_normal((batch, INPUT_WIDTH), dtype=np.float32) for _ in range(count)]
+    pool = _pool(np.random.default_rng(1), batch, quick)
     leaves = [models[0].route(x, n_jobs=THREADS) for x in pool]
     return models, pool, leaves
 
@@ -113,7 +111,7 @@ def compile_all(dest, count, cases, kinds):
     """Run every version's kernels once on every case (filling the Numba caches); returns nothing."""
     modules = import_versions(dest, count)
     for case in cases:
-        models, pool, leaves = _setup(modules, case, 0)
+        models, pool, leaves = _setup(modules, case, quick=True)
         for kind in kinds:
             for module, model in zip(modules, models):
                 _method(kind, module, model, pool, leaves)(pool[0], 0)
@@ -124,10 +122,10 @@ def same_bits(kind, modules, models, pool, leaves):
     return [bool(np.array_equal(outs[0], o)) for o in outs]
 
 
-def measure(modules, case, *, kind="call", rounds=5, budget=1.0, pool_bytes=POOL_BYTES):
+def measure(modules, case, *, kind="call", rounds=5, budget=1.0, quick=False):
     """For each version after the first: (median, lowest, highest) over ``rounds`` of first time / its time.
     Also returns the first version's median time (seconds) and which versions gave the first one's bits."""
-    models, pool, leaves = _setup(modules, case, pool_bytes)
+    models, pool, leaves = _setup(modules, case, quick)
     same = same_bits(kind, modules, models, pool, leaves)
     P = len(pool)
 

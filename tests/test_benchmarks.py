@@ -186,7 +186,7 @@ def test_ab_copies_a_directory_or_refuses_what_is_not_a_version(tmp_path):
 def test_ab_measures_every_kind_and_compares_the_bits(kind):
     from benchmarks import ab
     base, summary, same = ab.measure([fffcpu, fffcpu], (3, 4, 40), kind=kind, rounds=2, budget=0.01,
-                                     pool_bytes=0)
+                                     quick=True)
     assert base > 0 and same == [True, True] and len(summary) == 1
     mid, lo, hi = summary[0]
     assert 0 < lo <= mid <= hi
