@@ -183,8 +183,11 @@ def quick_bench(*, depths=(4, 8, 12), leaf_width: int = 16, batch: int = 256, in
 
 def _train_command(args) -> None:
     from . import FF, FFF, save, train
+    from .io import save_path
     from .train import accuracy
 
+    if args.save:
+        save_path(args.save)  # a bad destination fails now, not after the training
     X_train, X_test, y_train, y_test = load_data(args.data, test_size=args.test_size, seed=args.seed)
     X_train = np.asarray(X_train).reshape(len(X_train), -1)
     X_test = np.asarray(X_test).reshape(len(X_test), -1)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .models import MODELS as _MODELS
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save", "save_path", "load", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _META_KEY = "__fffcpu__"
@@ -27,15 +27,13 @@ def save(model, path) -> str:
 
     The write is atomic: the data go to a temporary file in the destination folder, which is then renamed
     over ``path``. If anything fails, the temporary file is removed and an existing ``path`` is unchanged.
+    A ``path`` that names a folder (an existing one, or one ending in a path separator) raises
+    ``IsADirectoryError`` instead of writing ``folder.npz`` beside it or a nameless ``.npz`` inside it.
     """
     if type(model).__name__ not in _MODELS:
         raise TypeError(f"save expects an fffcpu model ({', '.join(sorted(_MODELS))}), got {type(model).__name__}")
-    path = os.fspath(path)
-    if not path.endswith(".npz"):
-        path += ".npz"
+    path = save_path(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot save to {path!r}: folder {folder!r} does not exist")
     meta = {"format": "fffcpu", "format_version": FORMAT_VERSION, "class": type(model).__name__,
             "config": model.config()}
     arrays = {name: np.ascontiguousarray(p) for name, p in model.params.items()}
@@ -51,6 +49,22 @@ def save(model, path) -> str:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    return path
+
+
+def save_path(path) -> str:
+    """The file ``save(model, path)`` would write (``.npz`` appended if missing), after the checks ``save`` makes
+    before writing: ``path`` must not name a folder (``IsADirectoryError``) and its folder must exist
+    (``FileNotFoundError``). A program can call it before long work whose result it will save."""
+    path = os.fspath(path)
+    if os.path.isdir(path) or path.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        raise IsADirectoryError(f"cannot save to {path!r}: it names a folder; give a file name, such as "
+                                f"{os.path.join(path, 'model.npz')!r}")
+    if not path.endswith(".npz"):
+        path += ".npz"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path!r}: folder {folder!r} does not exist")
     return path
 
 

@@ -53,6 +53,12 @@ def test_save_refuses_what_it_cannot_write(tmp_path):
         fffcpu.save(FFF(3, 2, 2, 1), tmp_path / "missing" / "m.npz")
     with pytest.raises(TypeError, match="save expects an fffcpu model"):
         fffcpu.save({"w": np.zeros(3)}, tmp_path / "m.npz")
+    # a folder is not a file name: neither <folder>.npz beside it nor a nameless .npz inside it
+    (tmp_path / "models").mkdir()
+    for folder in (tmp_path / "models", str(tmp_path / "models") + os.sep, str(tmp_path / "new") + os.sep):
+        with pytest.raises(IsADirectoryError, match="give a file name, such as"):
+            fffcpu.save(FFF(3, 2, 2, 1), folder)
+    assert sorted(os.listdir(tmp_path)) == ["models"] and os.listdir(tmp_path / "models") == []
 
 
 def test_load_missing_file(tmp_path):

@@ -391,6 +391,14 @@ def test_n_jobs_sets_and_restores_threads():
         model.predict(x, n_jobs=0)
     with pytest.raises(TypeError, match="n_jobs"):
         model.predict(x, n_jobs=1.5)
+    # the same checks on the small-batch path, which runs on the calling thread
+    for small in (x[:1], x[:3]):
+        for call in (model.predict, model.route):
+            with pytest.raises(ValueError, match="n_jobs"):
+                call(small, n_jobs=0)
+            with pytest.raises(TypeError, match="n_jobs"):
+                call(small, n_jobs="2")
+            np.testing.assert_array_equal(call(small, n_jobs=1), call(small))
 
 
 def test_concurrent_predict_from_threads_matches_sequential():

@@ -88,6 +88,10 @@ def test_train_save_predict_end_to_end(tmp_path):
         (["train", "--data", "idx:/nonexistent-dir", "--quiet"], "fffcpu train: error:"),
         (["train", "--depth", "-1", "--quiet"], "depth must be an integer >= 0, got -1"),
         (["predict", "/nonexistent.npz", "/nonexistent.npy"], "no such model file"),
+        # the destination of --save is checked before the data are even loaded, not after the training
+        (["train", "--data", "npz:/nonexistent.npz", "--save", "/nonexistent-dir/m.npz"],
+         "folder '/nonexistent-dir' does not exist"),
+        (["train", "--data", "npz:/nonexistent.npz", "--save", "/"], "it names a folder; give a file name"),
     ],
 )
 def test_cli_bad_input_gives_one_line(args, message):

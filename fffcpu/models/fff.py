@@ -229,6 +229,8 @@ class FFF(Model):
         """
         p = self.params
         if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
+            if n_jobs is not None:  # checked as on the other paths, though this one runs on the calling thread
+                engine.resolve_n_jobs(n_jobs)
             return engine.route_small(x, p["node_weights"], p["node_biases"], self.depth)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         return engine.route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
@@ -262,6 +264,8 @@ class FFF(Model):
                 x.shape[0] == 1 or x.shape[0] <= engine.serial_rows(self._sample_work)):
             if out is not None:  # (no call at all on the batch-1 path without one)
                 out = self._check_out(out, x)
+            if n_jobs is not None:  # checked as on the other paths, though this one runs on the calling thread
+                engine.resolve_n_jobs(n_jobs)
             return engine.predict_small(x, self.params, self.depth, self.activation, out)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         if out is not None:
