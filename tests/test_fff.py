@@ -38,6 +38,19 @@ def test_soft_and_hard_forward_match_reference(depth, n, dtype):
     assert model.predict(x).dtype == np.dtype(dtype)
 
 
+def test_predict_soft_in_chunks():
+    model, rng = random_model(4, "float64")
+    x = rng.normal(size=(11, model.input_width))
+    whole = model.predict_soft(x)
+    for chunk_size in (1, 3, 11, 100):
+        np.testing.assert_allclose(model.predict_soft(x, chunk_size=chunk_size), whole, rtol=1e-13, atol=1e-15)
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
+            model.predict_soft(x, chunk_size=bad)
+    with pytest.raises(TypeError, match="chunk_size"):
+        model.predict_soft(x, chunk_size=2.5)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "identity"])
 def test_every_activation_matches_reference(activation):
     model, rng = random_model(3, activation=activation)

@@ -279,10 +279,17 @@ class FFF(Model):
     def predict_soft(self, x, *, chunk_size: int = 4096) -> np.ndarray:
         """The soft (training) mixture over all leaves, without region leak and without caching.
 
+        Parameters
+        ----------
+        x : array-like, shape (n, input_width)
+        chunk_size : int
+            Samples evaluated at a time (every leaf is evaluated for each of them); a positive integer.
+
         Returns
         -------
         ndarray, shape (n, output_width)
         """
+        chunk_size = check_positive_int(chunk_size, "chunk_size")
         x = self._check_x(x)
         out = np.empty((len(x), self.output_width), dtype=self.dtype)
         for start in range(0, len(x), chunk_size):
