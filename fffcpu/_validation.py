@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,6 +17,18 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
+
+
+def check_state_dict(state_dict, where: str) -> Mapping:
+    """``state_dict`` if it is a mapping (a torch ``state_dict()`` or a dict of arrays); otherwise a ``TypeError``
+    that names the likely mistake: the torch module passed instead of its ``state_dict()``."""
+    if isinstance(state_dict, Mapping):
+        return state_dict
+    if callable(getattr(state_dict, "state_dict", None)):
+        raise TypeError(f"{where} takes a state dict: pass model.state_dict(), not the {type(state_dict).__name__} "
+                        "module itself")
+    raise TypeError(f"{where} expects a mapping of parameter names to tensors or arrays, got "
+                    f"{type(state_dict).__name__}")
 
 
 def check_probability(value, name: str) -> float:

@@ -83,7 +83,11 @@ def load(path):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file: one array, no model
+            raise ValueError(f"{path!r} holds a single array ({data.dtype} {data.shape}), not an fffcpu model "
+                             "(an .npz file written by fffcpu.save)")
+        with data:
             if _META_KEY not in data.files:
                 raise ValueError(f"{path!r} is an .npz file but not an fffcpu model (no {_META_KEY!r} entry)")
             meta = json.loads(str(data[_META_KEY]))

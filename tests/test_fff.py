@@ -415,3 +415,21 @@ def test_sharpen_rejects_bad_factors_and_leaves_the_model_unchanged():
         np.testing.assert_array_equal(model.params[name], value)
     model.sharpen(1e30)  # representable: the largest node parameter is 10
     assert np.isfinite(model.params["node_weights"]).all()
+
+
+def test_fastfeedforward_state_dict_round_trip_and_refusals():
+    model, rng = random_model(3, "float32")
+    state = model.to_fastfeedforward()
+    assert state["node_biases"].shape == (7, 1) and int(state["depth"]) == 3
+    clone = FFF.from_fastfeedforward(state)
+    x = rng.normal(size=(9, model.input_width)).astype(np.float32)
+    np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+
+    class Module:  # what a torch module looks like to from_fastfeedforward: it has a state_dict() method
+        def state_dict(self):
+            return state
+
+    with pytest.raises(TypeError, match=r"pass model.state_dict\(\), not the Module module itself"):
+        FFF.from_fastfeedforward(Module())
+    with pytest.raises(TypeError, match="expects a mapping of parameter names to tensors or arrays, got list"):
+        FFF.from_fastfeedforward(list(state.items()))

@@ -88,6 +88,10 @@ def test_load_foreign_files(tmp_path):
     np.savez(pickled, __fffcpu__=np.array([{"class": "FFF"}], dtype=object))
     with pytest.raises(ValueError, match="not a readable fffcpu model file"):
         fffcpu.load(pickled)  # object arrays are never unpickled
+    single = tmp_path / "inputs.npy"
+    np.save(single, np.zeros((3, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"holds a single array \(float32 \(3, 4\)\), not an fffcpu model"):
+        fffcpu.load(single)
 
 
 def rewrite(path, **changes):

@@ -23,6 +23,11 @@ def to_torch(state):
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
 
 
+def test_the_module_itself_is_refused_with_a_hint():
+    with pytest.raises(TypeError, match=r"pass model.state_dict\(\), not the FFF module itself"):
+        FFF.from_fastfeedforward(torch_model(2))
+
+
 @pytest.mark.parametrize("depth", [0, 1, 2, 4])
 def test_soft_forward_and_gradients_equal_autograd(depth):
     reference = torch_model(depth, seed=depth)

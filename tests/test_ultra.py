@@ -353,6 +353,17 @@ def test_state_dict_errors(change, kwargs, error, message):
         UltraFFF.from_state_dict(state, **kwargs)
 
 
+def test_state_dict_must_be_a_mapping():
+    class Module:  # a torch module passed instead of its state_dict()
+        def state_dict(self):
+            return {}
+
+    with pytest.raises(TypeError, match=r"pass model.state_dict\(\), not the Module module itself"):
+        UltraFFF.from_state_dict(Module())
+    with pytest.raises(TypeError, match="expects a mapping of parameter names to tensors or arrays, got ndarray"):
+        UltraFFF.from_state_dict(np.zeros(3))
+
+
 # --- save/load, training ------------------------------------------------------------------------------------------
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import engine, tree
 from .._validation import (check_fits_in_memory, check_out, check_positive_float, check_positive_int,
-                           check_probability, format_bytes)
+                           check_probability, check_state_dict, format_bytes)
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
 
@@ -525,7 +525,8 @@ class FFF(Model):
         **options
             Other ``FFF`` keyword arguments (``region_leak``, ``train_hardened``, ``seed``, ...).
         """
-        arrays = {key: _to_numpy(value) for key, value in dict(state_dict).items()}
+        state_dict = check_state_dict(state_dict, "FFF.from_fastfeedforward")
+        arrays = {key: _to_numpy(value) for key, value in state_dict.items()}
         missing = [k for k in ("node_weights", "node_biases", "w1s", "b1s", "w2s", "b2s") if k not in arrays]
         if missing:
             raise ValueError(f"state_dict lacks {missing}; expected the keys of fastfeedforward.FFF")

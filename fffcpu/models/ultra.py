@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
-from .._validation import (check_fits_in_memory, check_input, check_out, check_positive_int, format_bytes,
-                           is_valid_input)
+from .._validation import (check_fits_in_memory, check_input, check_out, check_positive_int, check_state_dict,
+                           format_bytes, is_valid_input)
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
 from .base import Model, _aligned_empty
@@ -368,6 +368,7 @@ class UltraFFF(Model):
         UltraFFF
         """
         trees = check_positive_int(trees, "trees")
+        state_dict = check_state_dict(state_dict, "UltraFFF.from_state_dict")
         arrays = {}
         for key in _STATE_KEYS:
             if prefix + key not in state_dict:
