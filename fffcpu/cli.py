@@ -126,7 +126,8 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
     elif kind == "npz" and arg:
         if not os.path.exists(arg):
             raise FileNotFoundError(f"no such file: {arg!r}")
-        with np.load(arg, allow_pickle=False) as data:
+        needed = "--data npz:FILE needs an .npz file with arrays 'X' and 'y' (np.savez(FILE, X=X, y=y))"
+        with _open_npz(arg, needed) as data:
             if "X" not in data.files or "y" not in data.files:
                 raise ValueError(f"{arg!r} must hold arrays named 'X' and 'y', found {sorted(data.files)}")
             X, y = data["X"], data["y"]
@@ -139,13 +140,29 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
     return X, X_test, y, y_test
 
 
+def _open_npz(path: str, needed: str):
+    """``np.load`` of an .npz file (arrays only, never pickles), or a ``ValueError`` that says what ``path`` holds
+    instead and what was ``needed``."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):  # zip (.npz) or .npy
+        raise ValueError(f"{path!r} is neither an .npz nor an .npy file; {needed}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{path!r} is not a readable .npz file ({err}); {needed}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path!r} holds a single array ({data.dtype} {data.shape}); {needed}")
+    return data
+
+
 def _read_inputs(path: str) -> np.ndarray:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such input file: {path!r}")
     if path.endswith(".npy"):
         return np.load(path, allow_pickle=False)
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as data:
+        with _open_npz(path, "inputs must be a .npy file or an .npz file with an array 'X'") as data:
             if "X" in data.files:
                 return data["X"]
             if len(data.files) == 1:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,6 @@ def test_cli_errors_are_one_line_and_nonzero():
 
 
 def test_train_save_predict_end_to_end(tmp_path):
-    import numpy as np
 
     import fffcpu
 
@@ -127,3 +127,22 @@ def test_console_script_is_installed():
         pytest.skip("fffcpu is not installed as a package here (no console script next to the interpreter)")
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "train" in result.stdout and "predict" in result.stdout
+
+
+def test_cli_says_what_a_wrong_data_or_input_file_holds(tmp_path):
+    single = tmp_path / "single.npy"
+    np.save(single, np.zeros((3, 4), dtype=np.float32))
+    text = tmp_path / "notes.npz"
+    text.write_text("not numpy")
+    for args, message in [
+        (["train", "--data", f"npz:{single}"], "holds a single array (float32 (3, 4)); --data npz:FILE needs"),
+        (["train", "--data", f"npz:{text}"], "is neither an .npz nor an .npy file; --data npz:FILE needs"),
+        (["predict", str(single), str(single)], "holds a single array (float32 (3, 4)), not an fffcpu model"),
+    ]:
+        result = run_cli(*args)
+        assert result.returncode == 1
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    model = tmp_path / "m.npz"
+    assert run_cli("train", "--data", "digits", "--epochs", "1", "--quiet", "--save", str(model)).returncode == 0
+    result = run_cli("predict", str(model), str(text))
+    assert result.returncode == 1 and "is neither an .npz nor an .npy file; inputs must be" in result.stderr
