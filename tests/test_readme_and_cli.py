@@ -56,7 +56,6 @@ def test_cli_errors_are_one_line_and_nonzero():
 
 
 def test_train_save_predict_end_to_end(tmp_path):
-
     import fffcpu
 
     rng = np.random.default_rng(0)
