@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validation import check_positive_int
+
 __all__ = [
     "n_nodes",
     "n_leaves",
@@ -27,16 +29,17 @@ __all__ = [
 
 def n_nodes(depth: int) -> int:
     """Number of inner (routing) nodes of a tree of ``depth`` levels: ``2**depth - 1``."""
-    return (1 << depth) - 1
+    return (1 << check_positive_int(depth, "depth", minimum=0)) - 1
 
 
 def n_leaves(depth: int) -> int:
     """Number of leaves of a tree of ``depth`` levels: ``2**depth``."""
-    return 1 << depth
+    return 1 << check_positive_int(depth, "depth", minimum=0)
 
 
 def level_slice(level: int) -> slice:
     """Heap indices of the nodes of ``level`` (the root is level 0)."""
+    level = check_positive_int(level, "level", minimum=0)
     return slice((1 << level) - 1, (1 << (level + 1)) - 1)
 
 
@@ -47,7 +50,7 @@ def path_nodes(leaf: int, depth: int) -> np.ndarray:
     -------
     ndarray of int64, shape (depth,)
     """
-    nodes = np.empty(depth, dtype=np.int64)
+    nodes = np.empty(check_positive_int(depth, "depth", minimum=0), dtype=np.int64)
     node = 0
     for level, right in enumerate(path_directions(leaf, depth)):
         nodes[level] = node
@@ -77,7 +80,7 @@ def leaf_of_path(directions) -> int:
 
 def training_width(depth: int, leaf_width: int) -> int:
     """Neurons in all leaves together, ``2**depth * leaf_width`` (arXiv 2308.14711 §3)."""
-    return n_leaves(depth) * leaf_width
+    return n_leaves(depth) * check_positive_int(leaf_width, "leaf_width")
 
 
 def training_size(depth: int, leaf_width: int) -> int:
@@ -87,9 +90,10 @@ def training_size(depth: int, leaf_width: int) -> int:
 
 def inference_width(depth: int, leaf_width: int) -> int:
     """Neurons of the one leaf evaluated at inference: ``leaf_width``."""
-    return leaf_width
+    check_positive_int(depth, "depth", minimum=0)
+    return check_positive_int(leaf_width, "leaf_width")
 
 
 def inference_size(depth: int, leaf_width: int) -> int:
     """Neurons touched by one hard inference: ``depth`` nodes plus one leaf, ``depth + leaf_width``."""
-    return depth + leaf_width
+    return check_positive_int(depth, "depth", minimum=0) + check_positive_int(leaf_width, "leaf_width")

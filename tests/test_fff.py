@@ -365,6 +365,40 @@ def test_sizes_from_the_paper():
     assert FF(784, 128, 10).training_width == 128
 
 
+@pytest.mark.parametrize("depth", range(6))
+def test_heap_index_arithmetic(depth):
+    tree = fffcpu.tree
+    assert tree.n_nodes(depth) == 2 ** depth - 1 and tree.n_leaves(depth) == 2 ** depth
+    levels = [range(tree.n_nodes(depth))[tree.level_slice(k)] for k in range(depth)]
+    assert [i for level in levels for i in level] == list(range(tree.n_nodes(depth)))  # levels tile the nodes
+    for leaf in range(tree.n_leaves(depth)):
+        turns = tree.path_directions(leaf, depth)
+        assert tree.leaf_of_path(turns) == leaf
+        assert turns.tolist() == [bool(leaf >> (depth - 1 - k) & 1) for k in range(depth)]  # root = top bit
+        node, walked = 0, []
+        for right in turns:  # children of i are 2i + 1 (left) and 2i + 2 (right)
+            walked.append(node)
+            node = 2 * node + (2 if right else 1)
+        assert tree.path_nodes(leaf, depth).tolist() == walked
+        assert all(walked[k] in levels[k] for k in range(depth))
+        assert node - tree.n_nodes(depth) == leaf  # leaf id = final node - (2**d - 1)
+    assert tree.inference_size(depth, 8) == depth + 8 and tree.inference_width(depth, 8) == 8
+
+
+def test_heap_index_arithmetic_refuses_bad_arguments():
+    tree = fffcpu.tree
+    for call in (lambda: tree.n_leaves(-1), lambda: tree.n_nodes(-2), lambda: tree.path_nodes(0, -1),
+                 lambda: tree.level_slice(-1), lambda: tree.training_width(-1, 8)):
+        with pytest.raises(ValueError, match=r"(depth|level) must be an integer >= 0, got -"):
+            call()
+    with pytest.raises(TypeError, match="depth must be an integer >= 0, got 2.5"):
+        tree.n_leaves(2.5)
+    with pytest.raises(ValueError, match="leaf_width must be an integer >= 1, got 0"):
+        tree.training_size(3, 0)
+    with pytest.raises(ValueError, match=r"leaf must be in \[0, 8\) for depth 3, got 8"):
+        tree.path_nodes(8, 3)
+
+
 def test_initialisation_follows_the_package():
     model = FFF(100, 4, 3, 5, seed=0)
     p = model.params
