@@ -38,12 +38,19 @@ def test_soft_and_hard_forward_match_reference(depth, n, dtype):
     assert model.predict(x).dtype == np.dtype(dtype)
 
 
-def test_predict_soft_in_chunks():
+def test_predict_soft_in_chunks(monkeypatch):
     model, rng = random_model(4, "float64")
     x = rng.normal(size=(11, model.input_width))
     whole = model.predict_soft(x)
     for chunk_size in (1, 3, 11, 100):
         np.testing.assert_allclose(model.predict_soft(x, chunk_size=chunk_size), whole, rtol=1e-13, atol=1e-15)
+    # on a machine whose quarter of memory holds the arrays of 2 samples, chunks of 2 whatever chunk_size says
+    sizes = []
+    forward = model._soft_forward
+    monkeypatch.setattr(model, "_soft_forward", lambda x, **kw: sizes.append(len(x)) or forward(x, **kw))
+    monkeypatch.setattr("fffcpu.models.fff.physical_memory_bytes", lambda: 4 * 2 * model._forward_bytes_per_sample())
+    np.testing.assert_allclose(model.predict_soft(x), whole, rtol=1e-13, atol=1e-15)
+    assert sizes == [2, 2, 2, 2, 2, 1]
     for bad in (0, -3):
         with pytest.raises(ValueError, match="chunk_size must be an integer >= 1"):
             model.predict_soft(x, chunk_size=bad)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import engine, tree
 from .._validation import (check_fits_in_memory, check_out, check_positive_float, check_positive_int,
-                           check_probability, check_state_dict, format_bytes)
+                           check_probability, check_state_dict, format_bytes, physical_memory_bytes)
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
 
@@ -283,7 +283,10 @@ class FFF(Model):
         ----------
         x : array-like, shape (n, input_width)
         chunk_size : int
-            Samples evaluated at a time (every leaf is evaluated for each of them); a positive integer.
+            Samples evaluated at a time at most (every leaf is evaluated for each of them); a positive integer.
+            Fewer when a chunk's intermediate arrays (``_forward_bytes_per_sample`` each) would take more than a
+            quarter of the machine's memory, so that a deep tree is evaluated in smaller chunks instead of
+            exhausting memory.
 
         Returns
         -------
@@ -291,6 +294,9 @@ class FFF(Model):
         """
         chunk_size = check_positive_int(chunk_size, "chunk_size")
         x = self._check_x(x)
+        total = physical_memory_bytes()
+        if total is not None:
+            chunk_size = max(1, min(chunk_size, total // 4 // self._forward_bytes_per_sample()))
         out = np.empty((len(x), self.output_width), dtype=self.dtype)
         for start in range(0, len(x), chunk_size):
             cache = self._soft_forward(x[start:start + chunk_size], flips=None, hard=False)
@@ -298,6 +304,12 @@ class FFF(Model):
         return out
 
     # --- training forward and backward -------------------------------------------------------
+
+    def _forward_bytes_per_sample(self) -> int:
+        """Bytes of the arrays a soft forward keeps per sample (leaf pre-activations, activations and outputs;
+        node logits, probabilities and reaches; leaf weights)."""
+        per_sample = 3 * self.training_width + 4 * self.n_nodes + 2 * self.n_leaves + self.output_width
+        return per_sample * self.dtype.itemsize
     def forward(self, x, *, flips=None) -> np.ndarray:
         """Training forward: the mixture over all leaves (hard mixture if ``train_hardened``).
 
@@ -316,8 +328,7 @@ class FFF(Model):
         """
         x = self._check_x(x)
         n = len(x)
-        per_sample = 3 * self.training_width + 4 * self.n_nodes + 2 * self.n_leaves + self.output_width
-        check_fits_in_memory(n * per_sample * self.dtype.itemsize, f"a training forward of {n} samples")
+        check_fits_in_memory(n * self._forward_bytes_per_sample(), f"a training forward of {n} samples")
         if flips is None and self.region_leak > 0 and self.n_nodes > 0:
             flips = self.leak_rng.random((n, self.n_nodes)) < self.region_leak
         elif flips is not None:
