@@ -284,9 +284,9 @@ class FFF(Model):
         x : array-like, shape (n, input_width)
         chunk_size : int
             Samples evaluated at a time at most (every leaf is evaluated for each of them); a positive integer.
-            Fewer when a chunk's intermediate arrays (``_forward_bytes_per_sample`` each) would take more than a
-            quarter of the machine's memory, so that a deep tree is evaluated in smaller chunks instead of
-            exhausting memory.
+            Fewer when a chunk's intermediate arrays (those of the training forward: a few times the training
+            width per sample) would take more than a quarter of the machine's memory, so that a deep tree is
+            evaluated in smaller chunks instead of exhausting memory.
 
         Returns
         -------
@@ -310,6 +310,7 @@ class FFF(Model):
         node logits, probabilities and reaches; leaf weights)."""
         per_sample = 3 * self.training_width + 4 * self.n_nodes + 2 * self.n_leaves + self.output_width
         return per_sample * self.dtype.itemsize
+
     def forward(self, x, *, flips=None) -> np.ndarray:
         """Training forward: the mixture over all leaves (hard mixture if ``train_hardened``).
 
