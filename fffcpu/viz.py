@@ -59,6 +59,19 @@ __all__ = [
 ]
 
 
+def _check_fff(model, what: str) -> None:
+    """``what`` draws the tree of an ``fffcpu.FFF``: refuse anything else with a message that says so."""
+    from .models.fff import FFF
+
+    if not isinstance(model, FFF):
+        hint = ""
+        if type(model).__name__ == "UltraFFF":
+            hint = ("; an UltraFFF's nodes are single neurons and it has no leaf networks "
+                    "(notebooks/05_ultrafastbert.ipynb walks its path by hand)")
+        raise TypeError(f"{what} needs an fffcpu.FFF (hyperplane nodes and leaf networks), got "
+                        f"{type(model).__name__}{hint}")
+
+
 def _new_axes(ax, figsize=(6, 4)):
     if ax is not None:
         return ax
@@ -89,7 +102,12 @@ def route_details(model, x) -> dict:
         ``leaf`` int, the hard leaf (right iff z >= 0); ``path`` (d,) the inner nodes of the hard path, root first;
         ``soft`` (output_width,) the soft output, ``hard`` (output_width,) the hard output.
     """
-    x = np.asarray(x, dtype=np.float64).reshape(1, -1)
+    _check_fff(model, "route_details")
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim > 2 or (x.ndim == 2 and x.shape[0] != 1):
+        raise ValueError(f"x must be one input, of shape ({model.input_width},) or (1, {model.input_width}), "
+                         f"got shape {x.shape}")
+    x = x.reshape(1, -1)
     if x.shape[1] != model.input_width:
         raise ValueError(f"x has {x.shape[1]} features, the model was built for input_width={model.input_width}")
     w = np.asarray(model.params["node_weights"], dtype=np.float64)
@@ -169,6 +187,7 @@ def plot_tree(model, x=None, *, ax=None, labels: str | None = "auto", soft: bool
     matplotlib Axes
         The hard path is drawn on top in red (gid ``hard-path``); the title names the leaf reached.
     """
+    _check_fff(model, "plot_tree")
     ax = _new_axes(ax, figsize=(7, 3.5))
     depth = model.depth
     node_xy, leaf_xy = tree_layout(depth)
@@ -289,7 +308,7 @@ def _line_in_polygon(poly: np.ndarray, w: np.ndarray, b: float):
 
 def _extent_of(X=None, extent=None, margin: float = 0.15):
     if extent is not None:
-        x0, x1, y0, y1 = (float(v) for v in extent)
+        x0, x1, y0, y1 = _check_extent(extent)
         return x0, x1, y0, y1
     if X is None or len(X) == 0:
         return -1.5, 1.5, -1.5, 1.5
@@ -299,7 +318,26 @@ def _extent_of(X=None, extent=None, margin: float = 0.15):
     return lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad
 
 
+def _check_extent(extent) -> tuple:
+    """``extent`` as four floats (xmin, xmax, ymin, ymax) of a non-empty finite rectangle."""
+    values = np.asarray(extent, dtype=float).ravel() if np.ndim(extent) else np.empty(0)
+    if values.shape != (4,) or not np.isfinite(values).all() or values[0] >= values[1] or values[2] >= values[3]:
+        raise ValueError(f"extent must be (xmin, xmax, ymin, ymax) with xmin < xmax and ymin < ymax, got {extent!r}")
+    return tuple(float(v) for v in values)
+
+
+def _check_points(X, y):
+    """Points to draw over a region plot: X of shape (n, 2), y (if given) of length n."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != 2:
+        raise ValueError(f"X must hold 2-D points, shape (n, 2), got shape {X.shape}")
+    if y is not None and np.shape(y) != (len(X),):
+        raise ValueError(f"y must hold one label per point, shape ({len(X)},), got shape {np.shape(y)}")
+    return X
+
+
 def _check_2d(model):
+    _check_fff(model, "a region plot")
     if model.input_width != 2:
         raise ValueError(f"region plots need a model with input_width=2, got input_width={model.input_width}")
 
@@ -324,7 +362,7 @@ def partition_2d(model, extent=(-1.5, 1.5, -1.5, 1.5)) -> tuple[dict, dict]:
         nodes whose region it crosses.
     """
     _check_2d(model)
-    x0, x1, y0, y1 = extent
+    x0, x1, y0, y1 = _check_extent(extent)
     box = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float64)
     w = np.asarray(model.params["node_weights"], dtype=np.float64)
     b = np.asarray(model.params["node_biases"], dtype=np.float64)
@@ -375,6 +413,8 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
     _check_2d(model)
     if mode not in ("hard", "soft", "class"):
         raise ValueError(f"mode must be 'hard', 'soft' or 'class', got {mode!r}")
+    if X is not None:
+        X = _check_points(X, y)
     ax = _new_axes(ax, figsize=(5, 5))
     x0, x1, y0, y1 = _extent_of(X, extent)
     leaves, segments = partition_2d(model, (x0, x1, y0, y1))
@@ -460,6 +500,10 @@ def plot_history(history, *, axes=None, title: str | None = None):
         import matplotlib.pyplot as plt
 
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
+    if not hasattr(history, "keys") or "loss" not in history:
+        keys = sorted(history.keys()) if hasattr(history, "keys") else type(history).__name__
+        raise ValueError("history must be the History that fffcpu.train returns (or a dict of per-epoch lists with "
+                         f"at least 'loss'), got {keys}")
     axes = np.asarray(axes).ravel()
     if len(axes) != 3:
         raise ValueError(f"plot_history draws 3 panels, got {len(axes)} axes")
@@ -509,6 +553,7 @@ def plot_leaf_usage(model, X=None, y=None, *, ax=None, counts: str = "hard", cla
     -------
     matplotlib Axes; one bar (gid ``usage-{k}``) per leaf, or one stacked segment per leaf and class.
     """
+    _check_fff(model, "plot_leaf_usage")
     ax = _new_axes(ax, figsize=(7, 3))
     n_leaves = model.n_leaves
     leaves = np.arange(n_leaves)
@@ -566,6 +611,7 @@ def plot_leaf_montage(model, X, y=None, *, image_shape=(8, 8), per_leaf: int = 1
     -------
     matplotlib Axes (the montage is one image, gid ``montage``; y tick labels describe the rows)
     """
+    _check_fff(model, "plot_leaf_montage")
     h, w = image_shape
     X = np.asarray(X)
     if h * w != X.shape[1]:

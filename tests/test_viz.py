@@ -190,6 +190,32 @@ def test_plot_regions_points_class_mode_and_errors():
         viz.plot_regions(fffcpu.FFF(3, 2, 2, 2))
     with pytest.raises(ValueError, match="mode"):
         viz.plot_regions(model, mode="fuzzy")
+    with pytest.raises(ValueError, match=r"X must hold 2-D points, shape \(n, 2\), got shape \(200, 3\)"):
+        viz.plot_regions(model, np.column_stack([X, X[:, 0]]))
+    with pytest.raises(ValueError, match=r"y must hold one label per point, shape \(200,\), got shape \(3,\)"):
+        viz.plot_regions(model, X, y[:3])
+    for extent in ((1, 0, 0, 1), (0, 1, 2, 2), (0, 1, 0), (0, np.inf, 0, 1)):
+        with pytest.raises(ValueError, match="extent must be"):
+            viz.plot_regions(model, extent=extent)
+    with pytest.raises(ValueError, match="extent must be"):
+        viz.partition_2d(model, (0, 1, 1, 0))
+
+
+def test_tree_plots_refuse_other_models_and_batches():
+    ultra = fffcpu.UltraFFF(2, 2, 2, seed=0)
+    calls = (lambda m: viz.plot_tree(m), lambda m: viz.plot_regions(m), lambda m: viz.route_details(m, [0, 0]),
+             lambda m: viz.plot_leaf_usage(m), lambda m: viz.plot_leaf_montage(m, np.zeros((3, 4)), image_shape=(2, 2)))
+    for call in calls:
+        with pytest.raises(TypeError, match="needs an fffcpu.FFF .* got UltraFFF; an UltraFFF's nodes are single"):
+            call(ultra)
+        with pytest.raises(TypeError, match=r"needs an fffcpu.FFF \(hyperplane nodes and leaf networks\), got FF$"):
+            call(fffcpu.FF(2, 4, 2))
+    model = model2d(2)
+    with pytest.raises(ValueError, match=r"x must be one input, of shape \(2,\) or \(1, 2\), got shape \(3, 2\)"):
+        viz.plot_tree(model, np.zeros((3, 2)))
+    assert viz.route_details(model, np.zeros((1, 2)))["leaf"] == viz.route_details(model, np.zeros(2))["leaf"]
+    with pytest.raises(ValueError, match="history must be the History that fffcpu.train returns"):
+        viz.plot_history({"accuracy": [0.5]})
 
 
 # ------------------------------------------------------------------------------------- training curves
