@@ -12,7 +12,14 @@ import numpy as np
 __all__ = ["main", "demo", "load_data", "quick_bench"]
 
 
-def _median_seconds(f, repeats: int = 7) -> float:
+#: Seconds to wait before timing, so that the threads of a BLAS call made just before (training, a dense layer, a soft
+#: prediction) have stopped spinning: OpenBLAS keeps them busy for about 0.1 s after a call, and a parallel fffcpu call
+#: made in that window shares the two cores with them (README, "Hard inference": 15 ms instead of 4.6 ms).
+PAUSE = 0.2
+
+
+def _median_seconds(f, repeats: int = 7, pause: float = PAUSE) -> float:
+    time.sleep(pause)
     f()  # warm-up (compiles or loads kernels, fills caches)
     times = []
     for _ in range(repeats):
@@ -85,14 +92,17 @@ def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdo
         if k == 0:
             print("  ".join("-" * w for w in widths), file=out)
     ff, st = figures["FF width 128"], figures["FFF hard, straight-through"]
+    limit = ff["neurons_per_input"] / st["neurons_per_input"]
     print(
         f"\nAn FFF touches {st['neurons_per_input']} neurons per input (4 routing nodes + one leaf of 8) where the "
         f"FF touches {ff['neurons_per_input']}.\n'soft' mixes all 16 leaves (training); 'hard' evaluates one "
         "(deployment). Soft training\ncan leave routing undecided or send most inputs to a few leaves, so hard "
         "accuracy lags;\ntraining hard with straight-through gradients trains the model that is deployed, and "
         "sharpening\nthe nodes while training soft turns the soft model into it (soft = hard).\n"
-        "Throughput: hard inference, float32, batch 4096; on 64-pixel inputs a 128-neuron layer is too small\n"
-        "for routing to pay (docs/benchmarks.md has large layers).",
+        f"Throughput: hard inference, float32, batch 4096, timed after a {PAUSE} s pause (no BLAS threads still\n"
+        f"spinning). The FFF's limit over the FF is training width / neurons per input = "
+        f"{ff['neurons_per_input']} / {st['neurons_per_input']}\n= {limit:.0f}x here; larger layers gain far more "
+        "(docs/benchmarks.md).",
         file=out,
     )
     return figures

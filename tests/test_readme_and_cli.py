@@ -48,6 +48,16 @@ def test_demo_prints_the_comparison_table():
         assert len(re.findall(r"\d+\.\d%", row)) == 2  # soft and hard accuracy
 
 
+def test_throughput_is_timed_after_blas_threads_went_idle(monkeypatch):
+    from fffcpu import cli
+
+    events = []
+    monkeypatch.setattr(cli.time, "sleep", lambda seconds: events.append(("sleep", seconds)))
+    cli._median_seconds(lambda: events.append("call"), repeats=3)
+    assert events == [("sleep", cli.PAUSE), "call", "call", "call", "call"]  # the pause, the warm-up, 3 timed calls
+    assert cli.PAUSE >= 0.2  # OpenBLAS threads spin for about 0.1 s after a call
+
+
 def test_cli_errors_are_one_line_and_nonzero():
     result = run_cli("demo", "--epochs", "0")
     assert result.returncode == 2 and "--epochs: must be at least 1, got 0" in result.stderr
