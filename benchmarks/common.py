@@ -15,9 +15,10 @@ THREADS = 2  # every library gets this many threads (Numba, BLAS, torch)
 #: Seconds of sleep (not timed) after each method's turn. After a call returns, a thread pool keeps its workers
 #: spinning for a while in case more work comes: OpenBLAS's pthreads for about 0.1 s here (2**28 cycles by
 #: default), OpenMP workers (Numba's, torch's) for a shorter time. A method timed while another library's workers
-#: still spin shares the 2 cores with them: measured on this machine, FFF(784, 16, 10, 9).predict on 4096 inputs
-#: took 15 ms right after a NumPy matmul and 4.6 ms after 0.2 s of sleep. Each method therefore starts from idle
-#: thread pools, as in a program that does not alternate libraries in a tight loop.
+#: still spin shares the 2 cores with them: measured on this machine (scripts/blas_spin.py), FFF(784, 16, 10,
+#: 9).predict on 4096 inputs took 4.8 ms (2.0-6.2 ms) right after a NumPy matmul and 2.2 ms after 0.2 s of sleep.
+#: Each method therefore starts from idle thread pools, as in a program that does not alternate libraries in a
+#: tight loop.
 SETTLE_S = 0.2
 
 #: Seconds of untimed calls a method makes at the start of each turn, after the pause (methods whose call takes

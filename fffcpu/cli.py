@@ -14,7 +14,7 @@ __all__ = ["main", "demo", "load_data", "quick_bench"]
 
 #: Seconds to wait before timing, so that the threads of a BLAS call made just before (training, a dense layer, a soft
 #: prediction) have stopped spinning: OpenBLAS keeps them busy for about 0.1 s after a call, and a parallel fffcpu call
-#: made in that window shares the two cores with them (README, "Hard inference": 15 ms instead of 4.6 ms).
+#: made in that window shares the two cores with them (README, "Hard inference"; scripts/blas_spin.py).
 PAUSE = 0.2
 
 

@@ -155,3 +155,12 @@ def test_cli_says_what_a_wrong_data_or_input_file_holds(tmp_path):
     assert run_cli("train", "--data", "digits", "--epochs", "1", "--quiet", "--save", str(model)).returncode == 0
     result = run_cli("predict", str(model), str(text))
     assert result.returncode == 1 and "is neither an .npz nor an .npy file; inputs must be" in result.stderr
+
+
+def test_blas_spin_script_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "blas_spin.py"), "--rounds", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for case in ("right after a matmul", "after a matmul and 0.2 s of sleep", "back to back",
+                 "right after a matmul on one BLAS thread"):
+        assert re.search(rf"{case} +median +\d+\.\d\d ms", result.stdout), result.stdout
