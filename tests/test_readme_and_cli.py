@@ -164,3 +164,13 @@ def test_blas_spin_script_runs():
     for case in ("right after a matmul", "after a matmul and 0.2 s of sleep", "back to back",
                  "right after a matmul on one BLAS thread"):
         assert re.search(rf"{case} +median +\d+\.\d\d ms", result.stdout), result.stdout
+
+
+def test_idle_stall_script_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "idle_stall.py"), "--rounds", "1", "--pause", "0"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for model in ("FFF(784, 16, 10, 9), 256 inputs", "UltraFFF(768, 768, 11), 128 tokens"):
+        for label in ("after the pause", "again at once"):
+            assert re.search(rf"{re.escape(model)}, {label}: \d+\.\d\d-\d+\.\d\d ms", result.stdout), result.stdout
+        assert re.search(rf"{re.escape(model)}, back to back: median \d+\.\d\d ms", result.stdout), result.stdout
