@@ -13,7 +13,9 @@ import time
 
 from .common import THREADS, machine_info, table
 
-MODULES = ["benchmarks.inference", "benchmarks.probes", "benchmarks.training", "benchmarks.ultra"]
+MODULES = [
+    "benchmarks.inference", "benchmarks.probes", "benchmarks.training", "benchmarks.ultra", "benchmarks.blas_kernel",
+]
 
 
 def build_report(sections, info, *, quick, seconds, startup=None) -> str:

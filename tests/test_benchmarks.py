@@ -13,7 +13,7 @@ import fffcpu
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import inference, probes  # noqa: E402
+from benchmarks import blas_kernel, inference, probes  # noqa: E402
 from benchmarks.common import have_torch  # noqa: E402
 
 
@@ -47,10 +47,40 @@ def test_runner_writes_report(tmp_path, monkeypatch):
     assert text == report
     for needle in ("## Machine", "Numba threading layer", "threadpool 0", "| 32 | 1 | 16 | 3 |", "| leaf width ℓ |",
                    "## Training step", "fffcpu FFF(784, 8, 10, 4)", "fffcpu dense FF(784, 128, 10)",
-                   "### Batch 1: where the time goes", "12 layers of each kind"):
+                   "### Batch 1: where the time goes", "12 layers of each kind", "## The dense baselines' BLAS kernel"):
         assert needle in text, needle
     assert (tmp_path / "benchmarks_inference.png").exists()
     assert "benchmarks.training" in runner.MODULES and "benchmarks.inference" in runner.MODULES
+
+
+def test_blas_kernel_times_both_sides_of_every_job(monkeypatch):
+    # the environment is left as it is: with OPENBLAS_CORETYPE set, the dense side runs twice (as given, and without
+    # it); without it, once
+    monkeypatch.setattr(blas_kernel, "QUICK_JOBS", [("fff", 64, 2, 3), ("ultra", 2), ("ultra_train", 4)])
+    section = blas_kernel.run(quick=True)
+    result = section.rows[0]
+    assert len(result["fffcpu"]) == len(result["given"]["seconds"]) == 3
+    assert all(t > 0 for t in result["fffcpu"] + result["given"]["seconds"])
+    if "OPENBLAS_CORETYPE" in os.environ:
+        assert result["variable"] == os.environ["OPENBLAS_CORETYPE"] and len(result["own"]["seconds"]) == 3
+        assert "| FFF depth 2, leaf 16 | dense FF of width 64 | 3 |" in section.markdown
+        assert "| UltraFFF training step | masked dense step | 4 |" in section.markdown
+    else:
+        assert result["own"] is None and "is not set in this run's environment" in section.markdown
+
+
+def test_blas_kernel_renders_what_the_kernels_give():
+    jobs = [("fff", 65536, 12, 4096), ("ultra", 16384)]
+    result = {"variable": "Haswell", "fffcpu": [0.005, 0.01], "given": {"kernel": "Haswell", "seconds": [2.0, 1.1]},
+              "own": {"kernel": "SkylakeX", "seconds": [1.2, 0.77]}}
+    text = blas_kernel.render(jobs, result)
+    assert "sets `OPENBLAS_CORETYPE=Haswell`" in text and "OpenBLAS picks its SkylakeX kernel on this CPU" in text
+    assert ("| FFF depth 12, leaf 16 | dense FF of width 65,536 | 4096 | 5.000 ms | 2000.000 ms | 400x | 1200.000 ms "
+            "| 240x | 1.67 |") in text
+    assert ("| UltraFFF(768, 768, 11) | dense FF-3072 (GELU) | 16384 | 10.000 ms | 1100.000 ms | 110x | 770.000 ms "
+            "| 77x | 1.43 |") in text
+    result["own"] = None
+    assert "is not set in this run's environment" in blas_kernel.render(jobs, result)
 
 
 def test_read_leaves_reads_exactly_the_given_leaves():
