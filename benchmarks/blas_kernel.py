@@ -31,10 +31,13 @@ LEAF = 16
 #: What is timed: ("fff", training width, depth, batch): FFF(784, 16, 10, depth).predict against the dense NumPy FF
 #: of that width (benchmarks.inference); ("ultra", batch): UltraFFF(768, 768, 11).predict against the dense
 #: NumPy FF-3072 with GELU (benchmarks.ultra); ("ultra_train", batch): UltraFFF's path-only training step against
-#: the masked dense formulation (every logit, a mask on the path: benchmarks.ultra).
+#: the masked dense formulation (every logit, a mask on the path: benchmarks.ultra). In these the dense side uses
+#: the BLAS. ("fff_train", batch): the soft training step of FFF(784, 8, 10, 4) (benchmarks.training), whose
+#: matrix products go through NumPy's BLAS too: here fffcpu is the side that runs with each kernel (the torch
+#: package it is compared with in the section "Training step" has a BLAS of its own).
 JOBS = [("fff", 65536, 12, 1), ("fff", 65536, 12, 4096), ("fff", 8192, 9, 4096),
-        ("ultra", 1), ("ultra", 16384), ("ultra_train", 2048)]
-QUICK_JOBS = [("fff", 1024, 6, 1), ("fff", 1024, 6, 256), ("ultra", 16), ("ultra_train", 64)]
+        ("ultra", 1), ("ultra", 16384), ("ultra_train", 2048), ("fff_train", 256)]
+QUICK_JOBS = [("fff", 1024, 6, 1), ("fff", 1024, 6, 256), ("ultra", 16), ("ultra_train", 64), ("fff_train", 256)]
 
 #: Runs in a fresh process (the BLAS kernel is chosen when the library loads): the dense side of every job.
 CHILD = r"""
@@ -72,9 +75,27 @@ def _ultra_training_data(batch):
     return model, x, g
 
 
-def dense_call(job, quick):
-    """``call(k)``: the dense baseline of ``job`` on its k-th input (a new batch per call, as in the grid)."""
+def _training_pool(quick):
+    from .training import BATCH, INPUT, OUTPUT
+
     rng = np.random.default_rng(0)
+    n_pool = 8 if quick else 32
+    xs = [rng.standard_normal((BATCH, INPUT), dtype=np.float32) for _ in range(n_pool)]
+    labels = [rng.integers(0, OUTPUT, BATCH).astype(np.int64) for _ in range(n_pool)]
+    return lambda step: (lambda k: step(xs[k % n_pool], labels[k % n_pool]))
+
+
+def dense_call(job, quick):
+    """``call(k)``: the side of ``job`` that runs with each BLAS kernel, on its k-th input (a new batch per call, as
+    in the grid): the dense baseline, or for "fff_train" fffcpu's training step."""
+    rng = np.random.default_rng(0)
+    if job[0] == "fff_train":
+        from fffcpu.optim import Adam
+
+        from .training import DEPTH, INPUT, LEAF, LR, OUTPUT, fffcpu_step
+
+        model = fffcpu.FFF(INPUT, LEAF, OUTPUT, DEPTH, seed=0)
+        return _training_pool(quick)(fffcpu_step(model, Adam(model.params, lr=LR)))
     if job[0] == "fff":
         from .inference import DenseNumPy, _pool
 
@@ -101,8 +122,11 @@ def dense_call(job, quick):
 
 
 def fffcpu_call(job, quick):
-    """``call(k)``: fffcpu's side of ``job`` on its k-th input."""
+    """``call(k)``: fffcpu's side of ``job`` on its k-th input (None for "fff_train", whose fffcpu side is the one
+    that runs with each kernel)."""
     rng = np.random.default_rng(1)
+    if job[0] == "fff_train":
+        return None
     if job[0] == "fff":
         from .inference import INPUT_WIDTH, OUTPUT_WIDTH, _pool
 
@@ -141,6 +165,9 @@ def fffcpu_times(jobs, threads, quick) -> list:
     out = []
     for job in jobs:
         call = fffcpu_call(job, quick)
+        if call is None:
+            out.append(None)
+            continue
         settle()
         k = warm(call, 0)  # the core's clock and caches after the pause, as the grid does
         t, _ = median_time(lambda i: call(k + i), warmup=0, max_repeats=10_000, budget=0.3 if quick else 1.0)
@@ -177,8 +204,10 @@ def render(jobs, result, where="the target points") -> str:
                 f"the kernel OpenBLAS picked for this CPU ({given['kernel']}).")
     headers = ["fffcpu", "against", "batch", "fffcpu time", f"dense, kernel as given ({given['kernel']})", "speedup",
                f"dense, OpenBLAS's own choice ({own['kernel']})", "speedup", "dense time, given / own"]
+    timed = list(zip(jobs, fff, given["seconds"], own["seconds"]))
     rows = [[*describe(job), f"{t * 1e3:.3f} ms", f"{g * 1e3:.3f} ms", fmt_x(g / t), f"{o * 1e3:.3f} ms",
-             fmt_x(o / t), f"{g / o:.2f}"] for job, t, g, o in zip(jobs, fff, given["seconds"], own["seconds"])]
+             fmt_x(o / t), f"{g / o:.2f}"] for job, t, g, o in timed if job[0] != "fff_train"]
+    training = [(job, t, g, o) for job, t, g, o in timed if job[0] == "fff_train"]
     same = given["kernel"] == own["kernel"]
     text = (f"This run's environment sets `{VARIABLE}={result['variable']}`, so the dense layers of the other "
             f"sections ran with the {given['kernel']} kernel of the BLAS"
@@ -187,7 +216,13 @@ def render(jobs, result, where="the target points") -> str:
             + f"Below, the dense side of {where}, with each kernel in a fresh process, and fffcpu's side in this one "
             "(medians, a new input batch per call where the other sections use one); a speed-up is the dense time "
             "over fffcpu's.")
-    return "\n".join([text, "", table(headers, rows)])
+    parts = [text, "", table(headers, rows)]
+    for job, _, g, o in training:
+        parts += ["", f"fffcpu's training goes through NumPy's BLAS as well: the soft training step of "
+                  f"FFF(784, 8, 10, 4) at batch {job[1]} (section \"Training step\", against the torch package and its "
+                  f"own BLAS) took {g * 1e3:.2f} ms with the {given['kernel']} kernel and {o * 1e3:.2f} ms with "
+                  f"{own['kernel']} ({g / o:.2f}x), each in a fresh process."]
+    return "\n".join(parts)
 
 
 def run(quick=False, *, threads=THREADS) -> Section:

@@ -56,29 +56,34 @@ def test_runner_writes_report(tmp_path, monkeypatch):
 def test_blas_kernel_times_both_sides_of_every_job(monkeypatch):
     # the environment is left as it is: with OPENBLAS_CORETYPE set, the dense side runs twice (as given, and without
     # it); without it, once
-    monkeypatch.setattr(blas_kernel, "QUICK_JOBS", [("fff", 64, 2, 3), ("ultra", 2), ("ultra_train", 4)])
+    monkeypatch.setattr(blas_kernel, "QUICK_JOBS",
+                        [("fff", 64, 2, 3), ("ultra", 2), ("ultra_train", 4), ("fff_train", 256)])
     section = blas_kernel.run(quick=True)
     result = section.rows[0]
-    assert len(result["fffcpu"]) == len(result["given"]["seconds"]) == 3
-    assert all(t > 0 for t in result["fffcpu"] + result["given"]["seconds"])
+    assert len(result["fffcpu"]) == len(result["given"]["seconds"]) == 4
+    assert result["fffcpu"][3] is None  # fffcpu's training step is the side timed with each kernel
+    assert all(t > 0 for t in result["fffcpu"][:3] + result["given"]["seconds"])
     if "OPENBLAS_CORETYPE" in os.environ:
-        assert result["variable"] == os.environ["OPENBLAS_CORETYPE"] and len(result["own"]["seconds"]) == 3
+        assert result["variable"] == os.environ["OPENBLAS_CORETYPE"] and len(result["own"]["seconds"]) == 4
         assert "| FFF depth 2, leaf 16 | dense FF of width 64 | 3 |" in section.markdown
         assert "| UltraFFF training step | masked dense step | 4 |" in section.markdown
+        assert "the soft training step of FFF(784, 8, 10, 4) at batch 256" in section.markdown
     else:
         assert result["own"] is None and "is not set in this run's environment" in section.markdown
 
 
 def test_blas_kernel_renders_what_the_kernels_give():
-    jobs = [("fff", 65536, 12, 4096), ("ultra", 16384)]
-    result = {"variable": "Haswell", "fffcpu": [0.005, 0.01], "given": {"kernel": "Haswell", "seconds": [2.0, 1.1]},
-              "own": {"kernel": "SkylakeX", "seconds": [1.2, 0.77]}}
+    jobs = [("fff", 65536, 12, 4096), ("ultra", 16384), ("fff_train", 256)]
+    result = {"variable": "Haswell", "fffcpu": [0.005, 0.01, None],
+              "given": {"kernel": "Haswell", "seconds": [2.0, 1.1, 0.0014]},
+              "own": {"kernel": "SkylakeX", "seconds": [1.2, 0.77, 0.0011]}}
     text = blas_kernel.render(jobs, result)
     assert "sets `OPENBLAS_CORETYPE=Haswell`" in text and "OpenBLAS picks its SkylakeX kernel on this CPU" in text
     assert ("| FFF depth 12, leaf 16 | dense FF of width 65,536 | 4096 | 5.000 ms | 2000.000 ms | 400x | 1200.000 ms "
             "| 240x | 1.67 |") in text
     assert ("| UltraFFF(768, 768, 11) | dense FF-3072 (GELU) | 16384 | 10.000 ms | 1100.000 ms | 110x | 770.000 ms "
             "| 77x | 1.43 |") in text
+    assert "took 1.40 ms with the Haswell kernel and 1.10 ms with SkylakeX (1.27x)" in text
     result["own"] = None
     assert "is not set in this run's environment" in blas_kernel.render(jobs, result)
 
