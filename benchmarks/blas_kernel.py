@@ -59,32 +59,6 @@ print(json.dumps(result))
 """
 
 
-def _ultra_pool(rng, batch):
-    from .ultra import POOL_TOKENS, WIDTH
-
-    return [rng.standard_normal((batch, WIDTH), dtype=np.float32) for _ in range(max(1, POOL_TOKENS // batch))]
-
-
-def _ultra_training_data(batch):
-    from .ultra import DEPTH, WIDTH
-
-    rng = np.random.default_rng(1)
-    model = fffcpu.UltraFFF(WIDTH, WIDTH, DEPTH, seed=1)
-    x = rng.standard_normal((batch, WIDTH), dtype=np.float32)
-    g = rng.standard_normal((batch, WIDTH), dtype=np.float32) / batch
-    return model, x, g
-
-
-def _training_pool(quick):
-    from .training import BATCH, INPUT, OUTPUT
-
-    rng = np.random.default_rng(0)
-    n_pool = 8 if quick else 32
-    xs = [rng.standard_normal((BATCH, INPUT), dtype=np.float32) for _ in range(n_pool)]
-    labels = [rng.integers(0, OUTPUT, BATCH).astype(np.int64) for _ in range(n_pool)]
-    return lambda step: (lambda k: step(xs[k % n_pool], labels[k % n_pool]))
-
-
 def dense_call(job, quick):
     """``call(k)``: the side of ``job`` that runs with each BLAS kernel, on its k-th input (a new batch per call, as
     in the grid): the dense baseline, or for "fff_train" fffcpu's training step."""
@@ -92,10 +66,11 @@ def dense_call(job, quick):
     if job[0] == "fff_train":
         from fffcpu.optim import Adam
 
-        from .training import DEPTH, INPUT, LEAF, LR, OUTPUT, fffcpu_step
+        from .training import DEPTH, INPUT, LEAF, LR, OUTPUT, batches, fffcpu_step
 
         model = fffcpu.FFF(INPUT, LEAF, OUTPUT, DEPTH, seed=0)
-        return _training_pool(quick)(fffcpu_step(model, Adam(model.params, lr=LR)))
+        step, (xs, labels) = fffcpu_step(model, Adam(model.params, lr=LR)), batches(quick)
+        return lambda k: step(xs[k % len(xs)], labels[k % len(xs)])
     if job[0] == "fff":
         from .inference import DenseNumPy, _pool
 
@@ -103,16 +78,16 @@ def dense_call(job, quick):
         dense, pool = DenseNumPy(width, rng), _pool(rng, batch, quick)
         return lambda k: dense(pool[k % len(pool)])
     if job[0] == "ultra":
-        from .ultra import DenseNumpy
+        from .ultra import DenseNumpy, token_pool
 
-        dense, pool = DenseNumpy(3072, rng), _ultra_pool(rng, job[1])
+        dense, pool = DenseNumpy(3072, rng), token_pool(rng, job[1])
         buffers = dense.buffers(job[1])
         return lambda k: dense(pool[k % len(pool)], *buffers)
     from fffcpu.models.ultra import masked_backward, masked_forward
 
-    from .ultra import DEPTH
+    from .ultra import DEPTH, training_data
 
-    model, x, g = _ultra_training_data(job[1])
+    model, x, g = training_data(job[1])
 
     def masked_step(k):
         cache = masked_forward(model.params, x, DEPTH)
@@ -134,13 +109,13 @@ def fffcpu_call(job, quick):
         model = fffcpu.FFF(INPUT_WIDTH, LEAF, OUTPUT_WIDTH, depth, dtype="float32", seed=0)
         pool = _pool(rng, batch, quick)
         return lambda k: model.predict(pool[k % len(pool)])
-    from .ultra import DEPTH, WIDTH
+    from .ultra import DEPTH, WIDTH, token_pool, training_data
 
     if job[0] == "ultra":
-        model, pool = fffcpu.UltraFFF(WIDTH, WIDTH, DEPTH, seed=0), _ultra_pool(rng, job[1])
+        model, pool = fffcpu.UltraFFF(WIDTH, WIDTH, DEPTH, seed=0), token_pool(rng, job[1])
         y = np.empty((job[1], WIDTH), np.float32)
         return lambda k: model.predict(pool[k % len(pool)], out=y)
-    model, x, g = _ultra_training_data(job[1])
+    model, x, g = training_data(job[1])
 
     def path_step(k):
         model.forward(x)

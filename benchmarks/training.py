@@ -60,11 +60,18 @@ def torch_step(threads):
     return step
 
 
-def run(quick=False, *, threads=THREADS) -> Section:
+def batches(quick):
+    """Inputs and labels for the steps: 8 (quick) or 32 batches that the steps take in turn."""
     rng = np.random.default_rng(0)
     n_pool = 8 if quick else 32
     xs = [rng.standard_normal((BATCH, INPUT), dtype=np.float32) for _ in range(n_pool)]
     ls = [rng.integers(0, OUTPUT, BATCH).astype(np.int64) for _ in range(n_pool)]
+    return xs, ls
+
+
+def run(quick=False, *, threads=THREADS) -> Section:
+    xs, ls = batches(quick)
+    n_pool = len(xs)
     fff = FFF(INPUT, LEAF, OUTPUT, DEPTH, seed=0)
     ff = FF(INPUT, HIDDEN, OUTPUT, seed=0)
     steps = {"fffcpu FFF(784, 8, 10, 4)": fffcpu_step(fff, Adam(fff.params, lr=LR)),

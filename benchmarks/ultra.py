@@ -150,6 +150,13 @@ def have_torch():
     return True
 
 
+def token_pool(rng, n):
+    """Distinct inputs for calls on batches of ``n`` tokens: a pool of ``POOL_TOKENS`` random tokens cut into batches
+    that the calls take in turn, so that small batches walk other paths at every call (the same input would find
+    its 12 rows in L1)."""
+    return [rng.standard_normal((n, WIDTH), dtype=np.float32) for _ in range(max(1, POOL_TOKENS // n))]
+
+
 def inference(batches, quick):
     rng = np.random.default_rng(0)
     model = UltraFFF(WIDTH, WIDTH, DEPTH, seed=0)
@@ -164,9 +171,7 @@ def inference(batches, quick):
         tdense = {h: torch_dense(h) for h in (3072, 4095)}
     rows = []
     for n in batches:
-        # Distinct inputs per call: a pool of POOL_TOKENS tokens cut into batches that the calls take in turn, so
-        # that small batches walk other paths at every call (the same input would find its 12 rows in L1).
-        pool = [rng.standard_normal((n, WIDTH), dtype=np.float32) for _ in range(max(1, POOL_TOKENS // n))]
+        pool = token_pool(rng, n)
         x = pool[0]
         budget = (0.3 if quick else 1.5) if n <= 2048 else (1.0 if quick else 6.0)
         y = np.empty((n, WIDTH), np.float32)
@@ -285,11 +290,17 @@ def batch1_report(b1):
     return "\n".join(lines)
 
 
-def training(n, quick):
+def training_data(n):
+    """The layer, inputs and output gradients of the training step at batch ``n``."""
     rng = np.random.default_rng(1)
     model = UltraFFF(WIDTH, WIDTH, DEPTH, seed=1)
     x = rng.standard_normal((n, WIDTH), dtype=np.float32)
     g = rng.standard_normal((n, WIDTH), dtype=np.float32) / n
+    return model, x, g
+
+
+def training(n, quick):
+    model, x, g = training_data(n)
     budget = 0.3 if quick else 1.0
 
     def path_step():
