@@ -36,9 +36,12 @@ afterwards; the setting is per calling thread, so concurrent calls do not distur
 call no BLAS (their inner products are Numba/LLVM vector code), so BLAS threads never multiply Numba's; but
 OpenBLAS (pthreads) and Numba's OpenMP pool both spin-wait briefly after work, so alternating large NumPy
 matmuls and large ``predict`` calls with both pools at full size can oversubscribe the cores: cap one of them
-(``threadpoolctl.threadpool_limits`` or ``n_jobs``) when mixing them in a tight loop. Parallel launches are serialised by a lock (the
-``workqueue`` threading layer does not support concurrent launches); serial kernels release the GIL and
-run concurrently.
+(``threadpoolctl.threadpool_limits`` or ``n_jobs``) when mixing them in a tight loop (``scripts/blas_spin.py``).
+With the ``omp`` threading layer and OpenMP's default wait policy, a parallel call made after the process was idle
+can stall for milliseconds on a virtual machine; ``OMP_WAIT_POLICY=passive`` in the environment, or the
+``workqueue`` layer, avoids it at some cost to back-to-back calls (README, "Hard inference";
+``scripts/idle_stall.py``). Parallel launches are serialised by a lock (the ``workqueue`` threading layer does not
+support concurrent launches); serial kernels release the GIL and run concurrently.
 """
 
 from __future__ import annotations
@@ -354,5 +357,6 @@ def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
         methods = ("serial", "parallel", "grouped") if parallel else ("serial",)
         for method in methods:
             predict(x, params, d, "relu", method=method)
-            leaves = route(x, params["node_weights"], params["node_biases"], d, method=method if method != "grouped" else "parallel")
+            route_method = method if method != "grouped" else "parallel"
+            leaves = route(x, params["node_weights"], params["node_biases"], d, method=route_method)
             leaf_outputs(x, leaves, params, "relu", method=method)
