@@ -83,17 +83,10 @@ def dense_call(job, quick):
         dense, pool = DenseNumpy(3072, rng), token_pool(rng, job[1])
         buffers = dense.buffers(job[1])
         return lambda k: dense(pool[k % len(pool)], *buffers)
-    from fffcpu.models.ultra import masked_backward, masked_forward
+    from .ultra import training_data, training_steps
 
-    from .ultra import DEPTH, training_data
-
-    model, x, g = training_data(job[1])
-
-    def masked_step(k):
-        cache = masked_forward(model.params, x, DEPTH)
-        return masked_backward(model.params, cache, g, input_grad=True)
-
-    return masked_step
+    _, masked_step = training_steps(*training_data(job[1]))
+    return lambda k: masked_step()
 
 
 def fffcpu_call(job, quick):
@@ -109,19 +102,14 @@ def fffcpu_call(job, quick):
         model = fffcpu.FFF(INPUT_WIDTH, LEAF, OUTPUT_WIDTH, depth, dtype="float32", seed=0)
         pool = _pool(rng, batch, quick)
         return lambda k: model.predict(pool[k % len(pool)])
-    from .ultra import DEPTH, WIDTH, token_pool, training_data
+    from .ultra import DEPTH, WIDTH, token_pool, training_data, training_steps
 
     if job[0] == "ultra":
         model, pool = fffcpu.UltraFFF(WIDTH, WIDTH, DEPTH, seed=0), token_pool(rng, job[1])
         y = np.empty((job[1], WIDTH), np.float32)
         return lambda k: model.predict(pool[k % len(pool)], out=y)
-    model, x, g = training_data(job[1])
-
-    def path_step(k):
-        model.forward(x)
-        return model.backward(g, input_grad=True)
-
-    return path_step
+    path_step, _ = training_steps(*training_data(job[1]))
+    return lambda k: path_step()
 
 
 def dense_times(jobs, threads, quick, environ) -> dict:

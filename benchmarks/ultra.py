@@ -299,9 +299,9 @@ def training_data(n):
     return model, x, g
 
 
-def training(n, quick):
-    model, x, g = training_data(n)
-    budget = 0.3 if quick else 1.0
+def training_steps(model, x, g):
+    """The two training steps compared (forward + backward, input gradient included): UltraFFF's path kernels, and
+    the masked dense formulation in NumPy. Each returns the input gradient."""
 
     def path_step():
         model.forward(x)
@@ -311,6 +311,13 @@ def training(n, quick):
         cache = masked_forward(model.params, x, DEPTH)
         return masked_backward(model.params, cache, g, input_grad=True)
 
+    return path_step, masked_step
+
+
+def training(n, quick):
+    model, x, g = training_data(n)
+    budget = 0.3 if quick else 1.0
+    path_step, masked_step = training_steps(model, x, g)
     out = interleaved_times({"path": path_step, "masked_numpy": masked_step}, min_seconds=3 * budget, min_rounds=5,
                             settle=_settle(quick))
     if have_torch():

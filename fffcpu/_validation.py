@@ -12,6 +12,8 @@ FLOAT_DTYPES = ("float32", "float64")
 
 
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    if type(value) is int and value >= minimum:  # the common case, cheap enough for per-level calls in training
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
