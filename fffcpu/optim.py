@@ -24,6 +24,11 @@ class Optimizer:
     def __init__(self, params: dict, lr: float, weight_decay: float = 0.0):
         if not isinstance(params, dict) or not params:
             raise TypeError("params must be a non-empty dict of arrays (e.g. model.params)")
+        for name, param in params.items():
+            if not isinstance(param, np.ndarray) or param.dtype.kind != "f":
+                raise TypeError(f"params[{name!r}] must be a floating-point NumPy array (updated in place), got "
+                                f"{type(param).__name__}" + (f" of dtype {param.dtype}"
+                                                             if isinstance(param, np.ndarray) else ""))
         self.params = params
         self.lr = check_positive_float(lr, "lr")
         self.weight_decay = check_nonnegative_float(weight_decay, "weight_decay")
@@ -38,9 +43,24 @@ class Optimizer:
             ``rows[name]`` (shape ``(params[name].shape[0],)``) selects the rows of that parameter to update;
             the other rows and their optimizer state stay as they are. Missing names update fully.
         """
+        if not isinstance(grads, dict):
+            raise TypeError(f"grads must be a dict of arrays with the keys of params, got {type(grads).__name__}")
+        missing = [name for name in self.params if name not in grads]
+        if missing:
+            raise KeyError(f"grads has no gradient for parameter(s) {missing} (expected the keys of params: "
+                           f"{list(self.params)})")
+        for name, param in self.params.items():
+            grad = grads[name]
+            if not isinstance(grad, np.ndarray) or grad.shape != param.shape:
+                given = f"shape {grad.shape}" if isinstance(grad, np.ndarray) else type(grad).__name__
+                raise ValueError(f"grads[{name!r}] must be an array of the parameter's shape {param.shape}, "
+                                 f"got {given}: were the gradients computed for another model?")
         for name, param in self.params.items():
             mask = None if rows is None else rows.get(name)
             grad = grads[name]
+            if mask is not None and np.shape(mask) != param.shape[:1]:
+                raise ValueError(f"rows[{name!r}] must be a bool array of shape {param.shape[:1]} (one per row of "
+                                 f"the parameter), got shape {np.shape(mask)}")
             if mask is None:
                 self._update(name, param, grad, slice(None))
             else:

@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 
-from ._validation import check_input, check_nonnegative_float, check_positive_float, check_positive_int
+from ._validation import (check_input, check_nonnegative_float, check_positive_float, check_positive_int,
+                          check_seed)
 from .functional import get_loss
 from .optim import Localized, Optimizer, make_optimizer
 
@@ -129,7 +130,7 @@ def _evaluate(model, X, y, loss: str, prefix: str) -> dict:
             f"{prefix}_mse_hard": 2 * loss_fn(hard, y) / model.output_width}
 
 
-def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: float = 1e-3, epochs: int = 10,
+def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: float | None = None, epochs: int = 10,
           batch_size: int = 256, hardening=0.0, validation=None, seed=None, progress: bool = True,
           local_batch_size: float | None = None, usage_counts: str = "soft", sharpening=None, callback=None,
           **optimizer_options) -> History:
@@ -143,14 +144,17 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
         Class labels (n,) for ``loss="cross_entropy"``; targets (n, output_width) for ``loss="mse"``.
     loss : {"cross_entropy", "mse"}
     optimizer : {"adam", "sgd", "local_adam", "local_sgd"} or an optimizer built on ``model.params``
-    lr : float
+        An optimizer object keeps its own learning rate and options: ``lr`` and ``**optimizer_options`` are
+        then refused rather than ignored.
+    lr : float, default 1e-3
+        The learning rate of an optimizer named by a string.
     epochs, batch_size : int
     hardening : float or callable
         Weight h of the hardening term: the objective is ``loss + h · mean node entropy``
         (see ``FFF.hardening_loss`` for the relation to the paper's sum). A callable ``hardening(epoch)``
         (epoch counted from 0) gives the weight of each epoch, e.g. ``linear_ramp(3.0, 20)``.
     validation : (X_val, y_val), optional
-    seed : int, optional
+    seed : int >= 0, optional
         Seeds the shuffling of the minibatches.
     progress : bool
         Show a tqdm progress bar (``tqdm.auto``, so it renders in notebooks).
@@ -165,6 +169,9 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
         history records the product of the factors so far as ``node_scale``.
     callback : callable(epoch, history, model), optional
         Called after every epoch (e.g. to keep snapshots of the weights).
+
+    Every argument, the schedules' value at every epoch included, is checked before the first update, so a bad
+    argument raises with the model untouched.
     **optimizer_options
         Passed to the optimizer (``momentum``, ``weight_decay``, ``decoupled_weight_decay``, ``betas``, ``eps``).
 
@@ -183,12 +190,16 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     if len(X) == 0:
         raise ValueError("the training set is empty: X has 0 samples")
     y = check_targets(y, len(X), loss, model.output_width, model.dtype)
-    lr = check_positive_float(lr, "lr")
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    _hardening_at(hardening, 0)
+    seed = check_seed(seed)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a function callback(epoch, history, model), got {callback!r}")
+    for epoch in range(epochs):  # a schedule that fails in a late epoch would fail after the model has changed
+        _hardening_at(hardening, epoch)
+        if sharpening is not None:
+            _sharpening_at(sharpening, epoch)
     if sharpening is not None:
-        _sharpening_at(sharpening, 0)
         if not callable(getattr(model, "sharpen", None)):
             raise ValueError(f"sharpening needs a model with soft routing to sharpen (an FFF); "
                              f"{type(model).__name__} has no sharpen method")
@@ -200,8 +211,19 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
         X_val = check_input(X_val, model.input_width, model.dtype, name="X_val", finite=True)
         y_val = check_targets(y_val, len(X_val), loss, model.output_width, model.dtype, name="y_val")
     if isinstance(optimizer, (Optimizer, Localized)):
+        given = (["lr"] if lr is not None else []) + sorted(optimizer_options)
+        if given:
+            raise TypeError(f"{', '.join(given)} only apply to an optimizer named by a string; the "
+                            f"{type(optimizer).__name__} object passed as optimizer has its own (set them when "
+                            "building it, e.g. Adam(model.params, lr=0.01))")
+        foreign = [name for name, p in model.params.items() if optimizer.params.get(name) is not p]
+        if foreign or len(optimizer.params) != len(model.params):
+            raise ValueError(f"the optimizer updates other arrays than this model's parameters (model.params; "
+                             f"not the same: {foreign or sorted(set(optimizer.params) - set(model.params))}): "
+                             f"build it on this model, e.g. Adam(model.params)")
         opt = optimizer
     else:
+        lr = 1e-3 if lr is None else check_positive_float(lr, "lr")
         opt = make_optimizer(optimizer, model, lr, local_batch_size=local_batch_size, counts=usage_counts,
                              **optimizer_options)
     localized = isinstance(opt, Localized)
@@ -231,7 +253,8 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                 raise TrainingDiverged(
                     f"the loss became {batch_loss} in epoch {epoch + 1} (batch starting at sample {start}); "
                     "the model keeps the last weights with a finite loss. Try a smaller lr.", history)
-            model.backward(loss_grad(out, yb), hardening=h, input_grad=False)
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite gradients are reported below
+                model.backward(loss_grad(out, yb), hardening=h, input_grad=False)
             if not all(np.isfinite(g).all() for g in model.grads.values()):
                 bar.close()
                 raise TrainingDiverged(

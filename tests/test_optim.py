@@ -194,3 +194,27 @@ def test_fused_adam_kernel_is_the_elementwise_formula(dtype):
     np.testing.assert_array_equal(param, expected)
     np.testing.assert_array_equal(m, mi.astype(dtype))
     np.testing.assert_array_equal(v, vi.astype(dtype))
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1), lambda p: Adam(p)], ids=["sgd", "adam"])
+def test_gradients_of_the_wrong_shape_are_refused_before_any_update(make):
+    # the fused Adam kernel walks the parameter's size: a shorter gradient would be read past its end
+    params = {"w": np.ones(1000, np.float32), "b": np.ones(3, np.float32)}
+    opt = make(params)
+    with pytest.raises(ValueError, match=r"grads\['w'\] must be an array of the parameter's shape \(1000,\), got "
+                                         r"shape \(1,\)"):
+        opt.step({"w": np.zeros(1, np.float32), "b": np.zeros(3, np.float32)})
+    with pytest.raises(KeyError, match=r"no gradient for parameter\(s\) \['b'\]"):
+        opt.step({"w": np.zeros(1000, np.float32)})
+    with pytest.raises(TypeError, match="grads must be a dict"):
+        opt.step([np.zeros(1000, np.float32)])
+    with pytest.raises(ValueError, match=r"rows\['w'\] must be a bool array of shape \(1000,\)"):
+        opt.step({"w": np.zeros(1000, np.float32), "b": np.zeros(3, np.float32)}, rows={"w": np.ones(5, bool)})
+    assert (params["w"] == 1).all() and (params["b"] == 1).all()
+
+
+def test_parameters_must_be_float_arrays():
+    with pytest.raises(TypeError, match=r"params\['w'\] must be a floating-point NumPy array .* got list"):
+        Adam({"w": [1.0, 2.0]})
+    with pytest.raises(TypeError, match="got ndarray of dtype int64"):
+        SGD({"w": np.arange(3)}, lr=0.1)

@@ -246,3 +246,52 @@ def test_sharpening_needs_an_fff_and_positive_factors(digits):
     with pytest.raises(ValueError, match="sharpening"):  # checked at the epoch that returns it
         train(FFF(64, 2, 10, 2, seed=0), X_train, y_train, epochs=2, sharpening=lambda e: [2.0, -1.0][e],
               progress=False)
+
+
+def _small_problem():
+    rng = np.random.default_rng(0)
+    return rng.random((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+
+
+def test_an_optimizer_built_on_another_model_is_refused():
+    from fffcpu.optim import Adam
+
+    X, y = _small_problem()
+    model, other = FFF(4, 3, 3, 2, seed=0), FFF(4, 3, 3, 2, seed=1)
+    before = {k: v.copy() for k, v in other.params.items()}
+    with pytest.raises(ValueError, match="the optimizer updates other arrays than this model's parameters"):
+        train(model, X, y, optimizer=Adam(other.params), epochs=1, progress=False)
+    with pytest.raises(ValueError, match="build it on this model"):
+        train(model, X, y, optimizer=Adam(FFF(4, 3, 3, 6).params), epochs=1, progress=False)
+    for k, v in before.items():
+        np.testing.assert_array_equal(other.params[k], v)
+
+
+def test_lr_and_options_with_an_optimizer_object_are_refused_not_ignored():
+    from fffcpu.optim import Adam
+
+    X, y = _small_problem()
+    model = FFF(4, 3, 3, 2, seed=0)
+    with pytest.raises(TypeError, match="lr only apply to an optimizer named by a string"):
+        train(model, X, y, optimizer=Adam(model.params), lr=0.5, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="momentum only apply"):
+        train(model, X, y, optimizer=Adam(model.params), momentum=0.9, epochs=1, progress=False)
+    history = train(model, X, y, optimizer=Adam(model.params, lr=0.01), epochs=1, progress=False)
+    assert history.epochs == 1
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"callback": 5}, TypeError, "callback must be a function"),
+    ({"hardening": lambda e: -1.0 if e == 1 else 0.0}, ValueError, "hardening must be a finite number >= 0"),
+    ({"sharpening": lambda e: 0.0 if e == 2 else 1.0}, ValueError, "sharpening must be a positive finite number"),
+    ({"seed": -1}, ValueError, "seed must be None or an integer >= 0, got -1"),
+    ({"seed": 1.5}, TypeError, "seed must be None or an integer >= 0, got 1.5"),
+])
+def test_arguments_that_would_fail_in_a_later_epoch_fail_before_training(kwargs, error, match):
+    X, y = _small_problem()
+    model = FFF(4, 3, 3, 2, seed=0)
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(error, match=match):
+        train(model, X, y, epochs=3, progress=False, **kwargs)
+    for k, v in before.items():
+        np.testing.assert_array_equal(model.params[k], v)
