@@ -218,6 +218,10 @@ def _train_command(args) -> None:
     X_train, X_test, y_train, y_test = load_data(args.data, test_size=args.test_size, seed=args.seed)
     X_train = np.asarray(X_train).reshape(len(X_train), -1)
     X_test = np.asarray(X_test).reshape(len(X_test), -1)
+    for y in (y_train, y_test):
+        if np.asarray(y).dtype.kind not in "iuf":
+            raise ValueError(f"--data {args.data}: y must hold integer class labels 0, 1, ..., "
+                             f"got dtype {np.asarray(y).dtype}")
     n_classes = int(max(np.max(y_train), np.max(y_test))) + 1
     if args.model == "ff":
         model = FF(X_train.shape[1], args.hidden_width, n_classes, activation=args.activation, seed=args.seed)
@@ -243,6 +247,8 @@ def _predict_command(args) -> None:
 
     model = load(args.model)
     X = _read_inputs(args.inputs)
+    if X.ndim == 0 or len(X) == 0:
+        raise ValueError(f"{args.inputs}: no inputs to predict (an array of shape {X.shape})")
     X = X.reshape(len(X), -1) if X.ndim > 2 else X
     if args.what == "leaves":
         if not hasattr(model, "route"):
@@ -253,10 +259,21 @@ def _predict_command(args) -> None:
         if args.what == "labels":
             result = result.argmax(axis=1)
     if args.output:
-        np.save(args.output, result)
-        print(f"wrote {args.what} of {len(X)} samples, shape {result.shape}, to {args.output}")
+        written = _save_npy(args.output, result)
+        print(f"wrote {args.what} of {len(X)} samples, shape {result.shape}, to {written}")
     else:
         np.savetxt(sys.stdout, result.reshape(len(result), -1), fmt="%d" if result.dtype.kind == "i" else "%.6g")
+
+
+def _save_npy(path: str, array: np.ndarray) -> str:
+    """``np.save(path, array)`` (``.npy`` appended if missing, as ``np.save`` does) through ``io.atomic_write``:
+    a failed write leaves an existing file as it was. Returns the path written."""
+    from .io import atomic_write
+
+    if not path.endswith(".npy"):
+        path += ".npy"
+    atomic_write(path, lambda f: np.save(f, array))
+    return path
 
 
 def _positive_int(text: str) -> int:

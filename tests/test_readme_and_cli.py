@@ -174,3 +174,22 @@ def test_idle_stall_script_runs():
         for label in ("after the pause", "again at once"):
             assert re.search(rf"{re.escape(model)}, {label}: \d+\.\d\d-\d+\.\d\d ms", result.stdout), result.stdout
         assert re.search(rf"{re.escape(model)}, back to back: median \d+\.\d\d ms", result.stdout), result.stdout
+
+
+def test_cli_labels_empty_inputs_and_the_output_name(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4))
+    data = tmp_path / "words.npz"
+    np.savez(data, X=X, y=np.array(["cat", "dog"] * 20))
+    result = run_cli("train", "--data", f"npz:{data}", "--quiet")
+    assert result.returncode == 1 and "y must hold integer class labels 0, 1, ..., got dtype <U3" in result.stderr
+    model = tmp_path / "m.npz"
+    np.savez(data, X=X, y=(X[:, 0] > 0).astype(int))
+    assert run_cli("train", "--data", f"npz:{data}", "--epochs", "1", "--quiet", "--save", str(model)).returncode == 0
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4)))
+    result = run_cli("predict", str(model), str(tmp_path / "empty.npy"))
+    assert result.returncode == 1 and "no inputs to predict (an array of shape (0, 4))" in result.stderr
+    np.save(tmp_path / "x.npy", X[:5])
+    result = run_cli("predict", str(model), str(tmp_path / "x.npy"), "--output", str(tmp_path / "labels"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f"to {tmp_path / 'labels.npy'}") and (tmp_path / "labels.npy").exists()
