@@ -24,6 +24,8 @@ first used (``fffcpu.FFFClassifier``), so ``import fffcpu`` does not import scik
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 try:
@@ -43,7 +45,7 @@ from ._validation import (check_dtype, check_nonnegative_float, check_positive_f
 from .functional import get_activation, softmax
 from .models import FFF, UltraFFF
 from .optim import make_optimizer
-from .train import History, train
+from .train import History, TrainingDiverged, train
 
 __all__ = ["FFFClassifier", "FFFRegressor", "UltraFFFRegressor"]
 
@@ -124,13 +126,32 @@ class _Estimator(BaseEstimator):
         On ``fffcpu.TrainingDiverged`` the model keeps the last weights whose loss was finite.
         """
         self._optimizer.lr = options["lr"]
-        history = train(self.model_, X, targets, loss=self._loss, optimizer=self._optimizer, lr=options["lr"],
-                        epochs=epochs, batch_size=options["batch_size"], hardening=options["hardening"],
-                        seed=int(self._shuffle_rng.integers(2**63)), progress=bool(self.verbose))
+        try:
+            history = train(self.model_, X, targets, loss=self._loss, optimizer=self._optimizer, epochs=epochs,
+                            batch_size=options["batch_size"], hardening=options["hardening"],
+                            seed=int(self._shuffle_rng.integers(2**63)), progress=bool(self.verbose))
+        except TrainingDiverged as error:
+            self._record(error.history)  # the epochs that did finish
+            raise
+        self._record(history)
+
+    def _record(self, history: History) -> None:
         for key, values in history.items():
             self.history_.setdefault(key, []).extend(values)
-        self.loss_curve_ = list(self.history_["loss"])
+        self.loss_curve_ = list(self.history_.get("loss", []))
         self.n_iter_ = self.history_.epochs
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self):
+        """Undo every attribute change of the block if it raises: a ``fit`` that fails (bad data, or
+        ``TrainingDiverged`` with a new ``lr``) leaves the estimator as it was, its earlier fit included."""
+        before = self.__dict__.copy()
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
 
     def _is_started(self) -> bool:
         return hasattr(self, "model_")
@@ -155,7 +176,8 @@ class _FFFModel:
     def _build_model(self, n_features: int, n_outputs: int, seed: int) -> FFF:
         return FFF(n_features, self.leaf_width, n_outputs, self.depth, activation=self.activation,
                    region_leak=self.region_leak, train_hardened=self.train_hardened,
-                   straight_through=self.straight_through, dtype=self.dtype, seed=seed)
+                   straight_through=(self.train_hardened if self.straight_through is None  # see the docstring
+                                     else self.straight_through), dtype=self.dtype, seed=seed)
 
 
 # --- docstring pieces shared by the estimators --------------------------------------------------------------------
@@ -179,8 +201,10 @@ _TREE_PARAMS = """\
     train_hardened : bool, default=True
         Train with hard routing, exactly as prediction routes, so the model that is trained is the one that
         predicts. ``False`` trains the soft mixture of the paper.
-    straight_through : bool, default=True
-        With ``train_hardened=True``: pass σ'(z) through each hard decision so the nodes keep learning."""
+    straight_through : bool or None, default=None
+        With ``train_hardened=True``: pass σ'(z) through each hard decision so the nodes keep learning. None
+        means True with ``train_hardened=True`` and False with ``train_hardened=False`` (where it does not
+        apply: True there is refused)."""
 
 _TRAINING_PARAMS = """\
     optimizer : {{{optimizers}}}, default="adam"
@@ -268,7 +292,7 @@ class FFFClassifier(ClassifierMixin, _FFFModel, _Estimator):
     _loss = "cross_entropy"
 
     def __init__(self, leaf_width=8, depth=3, *, activation="relu", hardening=0.0, region_leak=0.0,
-                 train_hardened=True, straight_through=True, optimizer="adam", lr=0.01, epochs=30,
+                 train_hardened=True, straight_through=None, optimizer="adam", lr=0.01, epochs=30,
                  batch_size=64, local_batch_size=None, usage_counts="soft", dtype="float32", proba="hard",
                  random_state=None, verbose=0):
         self.leaf_width = leaf_width
@@ -303,13 +327,14 @@ class FFFClassifier(ClassifierMixin, _FFFModel, _Estimator):
         self
         """
         options = self._check_params()
-        X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES)
-        check_classification_targets(y)
-        classes = np.unique(y)
-        self._check_n_classes(classes, "y")
-        self._start(X.shape[1], len(classes), options)
-        self.classes_ = classes
-        self._train(X, self._encode(y, classes), options["epochs"], options)
+        with self._all_or_nothing():
+            X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES)
+            check_classification_targets(y)
+            classes = np.unique(y)
+            self._check_n_classes(classes, "y")
+            self._start(X.shape[1], len(classes), options)
+            self.classes_ = classes
+            self._train(X, self._encode(y, classes), options["epochs"], options)
         return self
 
     def partial_fit(self, X, y, classes=None):
@@ -433,11 +458,12 @@ class _Regression(RegressorMixin, _Estimator):
         self
         """
         options = self._check_params()
-        X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True)
-        targets = y.reshape(len(y), -1)
-        self._start(X.shape[1], targets.shape[1], options)
-        self.n_outputs_, self._y_ndim = targets.shape[1], y.ndim
-        self._train(X, targets, options["epochs"], options)
+        with self._all_or_nothing():
+            X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True)
+            targets = y.reshape(len(y), -1)
+            self._start(X.shape[1], targets.shape[1], options)
+            self.n_outputs_, self._y_ndim = targets.shape[1], y.ndim
+            self._train(X, targets, options["epochs"], options)
         return self
 
     def partial_fit(self, X, y):
@@ -513,7 +539,7 @@ class FFFRegressor(_FFFModel, _Regression):
     """
 
     def __init__(self, leaf_width=8, depth=3, *, activation="relu", hardening=0.0, region_leak=0.0,
-                 train_hardened=True, straight_through=True, optimizer="adam", lr=0.01, epochs=30,
+                 train_hardened=True, straight_through=None, optimizer="adam", lr=0.01, epochs=30,
                  batch_size=64, local_batch_size=None, usage_counts="soft", dtype="float32", random_state=None,
                  verbose=0):
         self.leaf_width = leaf_width

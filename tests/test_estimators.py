@@ -304,3 +304,35 @@ def test_estimators_are_lazy_attributes_of_fffcpu():
         fffcpu.FFFClassifer  # noqa: B018
     code = "import sys, fffcpu; assert 'sklearn' not in sys.modules, 'import fffcpu imported scikit-learn'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_refit_that_diverges_keeps_the_earlier_fit():
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    clf = FFFClassifier(epochs=2, random_state=0).fit(X, y)
+    model, history, predictions = clf.model_, clf.history_, clf.predict(X)
+    with pytest.raises(fffcpu.TrainingDiverged):
+        clf.set_params(lr=1e30).fit(X, y)
+    assert clf.model_ is model and clf.history_ is history and clf.n_iter_ == 2
+    np.testing.assert_array_equal(clf.predict(X), predictions)
+    with pytest.raises(ValueError):  # bad data: the earlier fit stays too
+        clf.set_params(lr=0.01).fit(X[:, :3].tolist() + [[np.nan] * 3], list(y) + [0])
+    assert clf.model_ is model and clf.n_features_in_ == 4
+
+
+def test_partial_fit_that_diverges_records_the_epochs_that_finished():
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    clf = FFFClassifier(random_state=0, batch_size=8).partial_fit(X, y, classes=[0, 1, 2])
+    with pytest.raises(fffcpu.TrainingDiverged):
+        clf.set_params(lr=1e30).partial_fit(X, y)
+    assert clf.n_iter_ == len(clf.loss_curve_) == clf.history_.epochs >= 1
+
+
+@pytest.mark.parametrize("make", [FFFClassifier, FFFRegressor])
+def test_soft_training_needs_no_straight_through_argument(make):
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 4)), rng.integers(0, 3, 40)
+    est = make(train_hardened=False, epochs=1, random_state=0).fit(X, y)
+    assert not est.model_.train_hardened and not est.model_.straight_through
+    assert make(epochs=1, random_state=0).fit(X, y).model_.straight_through  # None: on with hard training
