@@ -21,6 +21,23 @@ def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_seed(seed, name: str = "seed"):
+    """``seed`` as None or a plain int >= 0 (NumPy integers converted, so that it can be saved in JSON)."""
+    if seed is None:
+        return None
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"{name} must be None or an integer >= 0, got {seed!r} ({type(seed).__name__})")
+    if seed < 0:
+        raise ValueError(f"{name} must be None or an integer >= 0, got {seed}")
+    return int(seed)
+
+
+def check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_state_dict(state_dict, where: str) -> Mapping:
     """``state_dict`` if it is a mapping (a torch ``state_dict()`` or a dict of arrays); otherwise a ``TypeError``
     that names the likely mistake: the torch module passed instead of its ``state_dict()``."""
@@ -58,6 +75,8 @@ def check_nonnegative_float(value, name: str) -> float:
 
 
 def check_dtype(dtype) -> np.dtype:
+    if dtype is None:  # np.dtype(None) would silently mean float64
+        raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError:

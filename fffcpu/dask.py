@@ -14,6 +14,8 @@ Requires the optional dependency ``fffcpu[dask]`` (dask[array] and distributed).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 __all__ = ["predict", "route"]
@@ -28,12 +30,12 @@ def _require_dask():
 
 
 def _call(model, block, method: str, n_jobs):
+    from .engine import num_threads
+
     f = getattr(model, method)
-    try:
+    if "n_jobs" in inspect.signature(f).parameters:
         return f(block, n_jobs=n_jobs)
-    except TypeError as err:  # a model whose methods take no n_jobs
-        if "n_jobs" not in str(err):
-            raise
+    with num_threads(n_jobs):  # a model whose methods take no n_jobs (UltraFFF): the Numba threads of the task
         return f(block)
 
 
@@ -45,9 +47,26 @@ def _route_block(block, model, n_jobs):
     return _call(model, block, "route", n_jobs)
 
 
-def _prepare(model, X):
+def _check_model(model, method: str) -> None:
+    from .models import MODELS
+
+    if not isinstance(model, tuple(MODELS.values())):
+        raise TypeError(f"expected an fffcpu model ({', '.join(sorted(MODELS))}), got {type(model).__name__}")
+    if not callable(getattr(model, method, None)):
+        raise TypeError(f"{method} needs a model with tree routing (FFF or UltraFFF); {type(model).__name__} has "
+                        f"no {method} method")
+
+
+def _prepare(model, X, client, n_jobs):
+    from .engine import resolve_n_jobs
+
     da = _require_dask()
+    resolve_n_jobs(n_jobs)  # a bad n_jobs fails now, not inside every task at compute()
+    if client is not None and not callable(getattr(client, "scatter", None)):
+        raise TypeError(f"client must be a distributed.Client (or None), got {type(client).__name__}")
     X = X if isinstance(X, da.Array) else da.asarray(X)
+    if X.dtype.kind not in "fiub":
+        raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D (n_samples, {model.input_width}), got shape {X.shape}")
     if X.shape[1] != model.input_width:
@@ -58,7 +77,7 @@ def _prepare(model, X):
 
 
 def _map(model, X, client, n_jobs, block_fn, out_width, dtype):
-    da, X = _prepare(model, X)
+    da, X = _prepare(model, X, client, n_jobs)
     if client is not None:
         shipped = client.scatter(model, broadcast=True)  # on every worker before the tasks start
     else:
@@ -82,12 +101,15 @@ def predict(model, X, *, client=None, n_jobs: int = 1):
     client : distributed.Client, optional
         Scatter the model to this client's workers up front (compute on the same client).
     n_jobs : int
-        Numba threads per task (see the module notes).
+        Numba threads per task (see the module notes); checked here, before any task runs. A dense ``FF``
+        runs on NumPy's BLAS, whose threads it does not set.
     """
+    _check_model(model, "predict")
     return _map(model, X, client, n_jobs, _predict_block, model.output_width, model.dtype)
 
 
 def route(model, X, *, client=None, n_jobs: int = 1):
     """Leaf index of every row of ``X`` (lazy dask array of int64; (n,) for FFF, (n, trees) for UltraFFF)."""
+    _check_model(model, "route")
     trees = getattr(model, "trees", None)
     return _map(model, X, client, n_jobs, _route_block, trees, np.int64)

@@ -52,7 +52,7 @@ from contextlib import contextmanager, nullcontext
 import numba
 import numpy as np
 
-from ._validation import check_fits_in_memory, is_valid_input
+from ._validation import check_dtype, check_fits_in_memory, is_valid_input
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
@@ -339,11 +339,14 @@ def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
     """Compile (or load from Numba's cache) every hard-inference kernel on tiny inputs.
 
     Call it once at start-up (the demo and the notebooks do) so that the first real ``predict`` does not pay
-    for compilation. With the on-disk cache warm this takes a fraction of a second.
+    for compilation. With the on-disk cache warm this takes a fraction of a second. ``dtypes``: the models'
+    dtypes to compile for, ``"float32"`` and/or ``"float64"`` (one name, or a sequence of them).
     """
+    if isinstance(dtypes, (str, np.dtype, type)):
+        dtypes = (dtypes,)  # one dtype, not the characters of its name
+    dtypes = [check_dtype(dtype) for dtype in dtypes]
     rng = np.random.default_rng(0)
-    for dtype in dtypes:
-        dt = np.dtype(dtype)
+    for dt in dtypes:
         d, n_in, width, n_out = 1, 3, 2, 2
         params = {
             "node_weights": rng.normal(size=(1, n_in)).astype(dt),

@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from . import tree
+from ._validation import check_positive_int
 from .functional import sigmoid
 
 try:
@@ -413,6 +414,7 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
     _check_2d(model)
     if mode not in ("hard", "soft", "class"):
         raise ValueError(f"mode must be 'hard', 'soft' or 'class', got {mode!r}")
+    resolution = check_positive_int(resolution, "resolution", minimum=2)
     if X is not None:
         X = _check_points(X, y)
     ax = _new_axes(ax, figsize=(5, 5))
@@ -500,10 +502,11 @@ def plot_history(history, *, axes=None, title: str | None = None):
         import matplotlib.pyplot as plt
 
         _, axes = plt.subplots(1, 3, figsize=(12, 3.2), layout="constrained")
-    if not hasattr(history, "keys") or "loss" not in history:
+    if not hasattr(history, "keys") or "loss" not in history or "entropy" not in history or not len(
+            history["loss"]):
         keys = sorted(history.keys()) if hasattr(history, "keys") else type(history).__name__
         raise ValueError("history must be the History that fffcpu.train returns (or a dict of per-epoch lists with "
-                         f"at least 'loss'), got {keys}")
+                         f"at least 'loss' and 'entropy', one epoch or more), got {keys}")
     axes = np.asarray(axes).ravel()
     if len(axes) != 3:
         raise ValueError(f"plot_history draws 3 panels, got {len(axes)} axes")
@@ -554,6 +557,14 @@ def plot_leaf_usage(model, X=None, y=None, *, ax=None, counts: str = "hard", cla
     matplotlib Axes; one bar (gid ``usage-{k}``) per leaf, or one stacked segment per leaf and class.
     """
     _check_fff(model, "plot_leaf_usage")
+    if y is not None:
+        if X is None:
+            raise ValueError("y stacks the bars of the samples X by class: give X too")
+        n, classes = len(np.asarray(X)), np.unique(np.asarray(y))
+        if np.shape(y) != (n,):
+            raise ValueError(f"y must hold one label per sample of X, shape ({n},), got shape {np.shape(y)}")
+        if class_names is not None and len(class_names) < len(classes):
+            raise ValueError(f"class_names must name the {len(classes)} classes of y, got {len(class_names)} names")
     ax = _new_axes(ax, figsize=(7, 3))
     n_leaves = model.n_leaves
     leaves = np.arange(n_leaves)
@@ -614,6 +625,13 @@ def plot_leaf_montage(model, X, y=None, *, image_shape=(8, 8), per_leaf: int = 1
     _check_fff(model, "plot_leaf_montage")
     h, w = image_shape
     X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, {h * w}): images flattened row-major, got shape {X.shape}")
+    per_leaf = check_positive_int(per_leaf, "per_leaf")
+    if y is not None and np.shape(y) != (len(X),):
+        raise ValueError(f"y must hold one label per sample of X, shape ({len(X)},), got shape {np.shape(y)}")
+    if leaves is not None and any(not 0 <= int(k) < model.n_leaves for k in leaves):
+        raise ValueError(f"leaves must be leaf indices in [0, {model.n_leaves}), got {list(leaves)}")
     if h * w != X.shape[1]:
         raise ValueError(f"image_shape {image_shape} has {h * w} pixels, X has {X.shape[1]} features")
     routed = model.route(X)
@@ -672,6 +690,11 @@ def plot_sizes(leaf_width: int = 1, max_depth: int = 14, *, depth: int | None = 
     -------
     matplotlib Axes; the lines carry gids ``training-width``, ``inference-size`` (and ``training-size``).
     """
+    max_depth = check_positive_int(max_depth, "max_depth", minimum=0)
+    if max_depth > 61:  # 2^(D+1) - 1 must fit the int64 the plot computes in
+        raise ValueError(f"max_depth must be at most 61, got {max_depth}")
+    if depth is not None:
+        depth = check_positive_int(depth, "depth", minimum=0)
     ax = _new_axes(ax, figsize=(6, 4))
     d = np.arange(0, max_depth + 1)
     if ultra:
@@ -743,6 +766,10 @@ def inference_timing(depths, *, leaf_width: int = 1, input_width: int = 256, out
     """
     from .models import FF, FFF
 
+    repeats = check_positive_int(repeats, "repeats")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if threads is not None:
+        threads = check_positive_int(threads, "threads")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch_size, input_width)).astype(dtype)
     out = {"depth": [], "training_width": [], "inference_size": [], "fff_seconds": [], "ff_seconds": [],
@@ -843,9 +870,7 @@ class SnapshotRecorder:
     """
 
     def __init__(self, model=None, every: int = 1):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        self.every = int(every)
+        self.every = check_positive_int(every, "every")
         self.epochs, self.params, self.metrics = [], [], []
         self._template = None
         if model is not None:

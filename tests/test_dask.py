@@ -46,3 +46,39 @@ def test_bad_input(data):
         fdask.predict(model, X[:, :29])
     with pytest.raises(ValueError, match="must be 2-D"):
         fdask.route(model, X[0])
+
+
+@pytest.mark.parametrize("n_jobs, error", [("2", TypeError), (2.0, TypeError), (True, TypeError), (0, ValueError)])
+def test_n_jobs_is_checked_when_the_graph_is_built(data, n_jobs, error):
+    model, X = data
+    with pytest.raises(error, match="n_jobs must be"):
+        fdask.predict(model, X, n_jobs=n_jobs)
+    with pytest.raises(error, match="n_jobs must be"):
+        fdask.predict(fffcpu.UltraFFF(30, 5, 3, seed=0), X, n_jobs=n_jobs)
+
+
+def test_models_clients_and_dtypes_are_checked_when_the_graph_is_built(data):
+    model, X = data
+    with pytest.raises(TypeError, match="route needs a model with tree routing .*FF has no route method"):
+        fdask.route(fffcpu.FF(30, 8, 5, seed=0), X)
+    with pytest.raises(TypeError, match="expected an fffcpu model"):
+        fdask.predict(object(), X)
+    with pytest.raises(TypeError, match="client must be a distributed.Client"):
+        fdask.predict(model, X, client="x")
+    with pytest.raises(TypeError, match="X must hold real numbers, got dtype <U1"):
+        fdask.predict(model, np.full((4, 30), "a"))
+
+
+def test_ultrafff_tasks_use_n_jobs_threads(data):
+    import numba
+
+    _, X = data
+
+    class Probe(fffcpu.UltraFFF):  # answers with the Numba thread count its task runs with
+        def predict(self, x):
+            return np.full((len(x), self.output_width), numba.get_num_threads(), dtype=self.dtype)
+
+    probe = Probe(30, 5, 3, seed=0)
+    for n_jobs in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+        threads = fdask.predict(probe, X, n_jobs=n_jobs).compute(scheduler="sync")
+        assert threads.shape == (len(X), probe.output_width) and (threads == n_jobs).all()

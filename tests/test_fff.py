@@ -474,3 +474,49 @@ def test_fastfeedforward_state_dict_round_trip_and_refusals():
         FFF.from_fastfeedforward(Module())
     with pytest.raises(TypeError, match="expects a mapping of parameter names to tensors or arrays, got list"):
         FFF.from_fastfeedforward(list(state.items()))
+
+
+@pytest.mark.parametrize("x", [np.zeros((2, 5), np.float32), np.zeros((2, 5)), np.zeros((300, 5), np.float32),
+                               np.zeros((0, 5), np.float32), [[0.0] * 5]], ids=["small", "f64", "large", "empty",
+                                                                              "list"])
+@pytest.mark.parametrize("n_jobs, error", [(0, ValueError), ("2", TypeError), (2.0, TypeError), (True, TypeError)])
+def test_n_jobs_is_checked_on_every_path(x, n_jobs, error):
+    for model in (FFF(5, 3, 2, 3, seed=0), FFF(5, 3, 2, 0, seed=0)):
+        with pytest.raises(error, match="n_jobs must be"):
+            model.predict(x, n_jobs=n_jobs)
+        with pytest.raises(error, match="n_jobs must be"):
+            model.route(x, n_jobs=n_jobs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"seed": -1}, ValueError, "seed must be None or an integer >= 0, got -1"),
+    ({"seed": 1.5}, TypeError, r"seed must be None or an integer >= 0, got 1.5 \(float\)"),
+    ({"seed": True}, TypeError, "seed must be None or an integer >= 0, got True"),
+    ({"dtype": None}, TypeError, "dtype must be one of .*, got None"),
+    ({"straight_through": "no", "train_hardened": True}, TypeError, "straight_through must be True or False"),
+])
+def test_constructor_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        FFF(4, 3, 3, 2, **kwargs)
+    if "straight_through" not in kwargs:
+        with pytest.raises(error, match=match):
+            fffcpu.UltraFFF(4, 3, 2, **kwargs)
+
+
+def test_numpy_integer_seeds_are_plain_ints_that_save(tmp_path):
+    model = FFF(4, 3, 3, 2, seed=np.int64(3))
+    assert type(model.seed) is int and model.config()["seed"] == 3
+    assert fffcpu.load(fffcpu.save(model, tmp_path / "m")).seed == 3
+
+
+def test_widths_too_large_for_memory_are_refused_with_the_size():
+    with pytest.raises(MemoryError, match=r"FFF parameters and gradients \(1,900,000,000,000,000,000,059 values\) "
+                                          "would need"):
+        FFF(10**20, 4, 2, 2)
+
+
+def test_warmup_takes_one_dtype_name_or_several_and_refuses_others():
+    fffcpu.warmup("float32", parallel=False)
+    fffcpu.warmup(("float64",), parallel=False)
+    with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got 'float16'"):
+        fffcpu.warmup(("float16",))

@@ -434,3 +434,33 @@ def test_leaf_browser_shows_the_chosen_leaf():
         assert browser.ax_images.get_title().startswith(f"leaf {leaf}: {n} samples")
         heights = [p.get_height() for p in browser.ax_labels.patches]
         assert sum(heights) == n
+
+
+def test_more_argument_checks_name_the_argument():
+    model = fffcpu.FFF(2, 2, 3, 2, seed=0)
+    X = np.random.default_rng(0).normal(size=(20, 2))
+    y = np.arange(20) % 3
+    cases = [
+        (lambda: viz.plot_history({"loss": [1.0]}), ValueError, "at least 'loss' and 'entropy'"),
+        (lambda: viz.plot_history({"loss": [], "entropy": []}), ValueError, "one epoch or more"),
+        (lambda: viz.plot_regions(model, mode="soft", resolution=-5), ValueError,
+         "resolution must be an integer >= 2"),
+        (lambda: viz.plot_regions(model, mode="class", resolution=2.5), TypeError, "resolution must be an integer"),
+        (lambda: viz.plot_leaf_usage(model, X, y[:5]), ValueError,
+         r"y must hold one label per sample of X, shape \(20,\)"),
+        (lambda: viz.plot_leaf_usage(model, X, y, class_names=["a"]), ValueError, "must name the 3 classes of y"),
+        (lambda: viz.plot_leaf_montage(model, X[0], image_shape=(1, 2)), ValueError, "X must be 2-D"),
+        (lambda: viz.plot_leaf_montage(model, X, image_shape=(1, 2), per_leaf=-3), ValueError,
+         "per_leaf must be an integer >= 1"),
+        (lambda: viz.plot_leaf_montage(model, X, image_shape=(1, 2), leaves=[99, -1]), ValueError,
+         r"leaves must be leaf indices in \[0, 4\)"),
+        (lambda: viz.plot_sizes(ultra=True, max_depth=70), ValueError, "max_depth must be at most 61"),
+        (lambda: viz.plot_sizes(depth="x"), TypeError, "depth must be an integer"),
+        (lambda: viz.inference_timing([1], threads=0), ValueError, "threads must be an integer >= 1"),
+        (lambda: viz.inference_timing([1], repeats=0), ValueError, "repeats must be an integer >= 1"),
+        (lambda: viz.SnapshotRecorder(every="x"), TypeError, "every must be an integer >= 1"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+    plt.close("all")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .._validation import check_dtype, check_fits_in_memory, check_input, format_bytes
+from .._validation import check_dtype, check_fits_in_memory, check_input, check_seed, format_bytes
 
 
 class Model:
@@ -24,7 +26,7 @@ class Model:
         self.input_width = input_width
         self.output_width = output_width
         self.dtype = check_dtype(dtype)
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.rng = np.random.default_rng(seed)
         n_bytes = self.n_parameters * self.dtype.itemsize
         check_fits_in_memory(2 * n_bytes, f"{type(self).__name__} parameters and gradients ({self.n_parameters:,} values)")
@@ -45,7 +47,7 @@ class Model:
     # --- shared -------------------------------------------------------------------------------
     @property
     def n_parameters(self) -> int:
-        return int(sum(np.prod(shape, dtype=np.int64) for shape in self.param_shapes().values()))
+        return sum(math.prod(int(n) for n in shape) for shape in self.param_shapes().values())  # exact, any size
 
     @property
     def grads(self) -> dict:

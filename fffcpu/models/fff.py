@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine, tree
-from .._validation import (check_fits_in_memory, check_out, check_positive_float, check_positive_int,
+from .._validation import (check_bool, check_fits_in_memory, check_out, check_positive_float, check_positive_int,
                            check_probability, check_state_dict, format_bytes, physical_memory_bytes)
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
@@ -104,12 +104,12 @@ class FFF(Model):
         self.activation = activation
         self._act, self._act_grad = get_activation(activation)
         self.region_leak = check_probability(region_leak, "region_leak")
-        if not isinstance(train_hardened, (bool, np.bool_)):
-            raise TypeError(f"train_hardened must be True or False, got {train_hardened!r}")
+        train_hardened = check_bool(train_hardened, "train_hardened")
+        straight_through = check_bool(straight_through, "straight_through")
         if straight_through and not train_hardened:
             raise ValueError("straight_through=True only applies to hard training: also pass train_hardened=True")
-        self.train_hardened = bool(train_hardened)
-        self.straight_through = bool(straight_through)
+        self.train_hardened = train_hardened
+        self.straight_through = straight_through
         super().__init__(input_width, output_width, dtype, seed)
         self.leak_rng = np.random.default_rng(self.rng.integers(2**63))
         self.reset_usage()
@@ -228,9 +228,9 @@ class FFF(Model):
         ndarray of int64, shape (n,), values in [0, 2**depth)
         """
         p = self.params
+        if n_jobs is not None:  # checked on every path, those that run on the calling thread included
+            engine.resolve_n_jobs(n_jobs)
         if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
-            if n_jobs is not None:  # checked as on the other paths, though this one runs on the calling thread
-                engine.resolve_n_jobs(n_jobs)
             return engine.route_small(x, p["node_weights"], p["node_biases"], self.depth)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         return engine.route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
@@ -260,12 +260,12 @@ class FFF(Model):
         -------
         ndarray, shape (n, output_width), the model's dtype: ``out`` when given
         """
+        if n_jobs is not None:  # checked on every path, those that run on the calling thread included
+            engine.resolve_n_jobs(n_jobs)
         if engine.is_ready(x, self.input_width, self.dtype) and (  # small C-contiguous batch of our dtype
                 x.shape[0] == 1 or x.shape[0] <= engine.serial_rows(self._sample_work)):
             if out is not None:  # (no call at all on the batch-1 path without one)
                 out = self._check_out(out, x)
-            if n_jobs is not None:  # checked as on the other paths, though this one runs on the calling thread
-                engine.resolve_n_jobs(n_jobs)
             return engine.predict_small(x, self.params, self.depth, self.activation, out)
         x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
         if out is not None:
