@@ -92,7 +92,7 @@ def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite:
     Integers and booleans are converted; complex, object and string data are refused. With ``finite=True``
     NaN or Inf is refused too (training needs it; prediction lets NaN propagate, see ``FFF.predict``).
     """
-    arr = np.asarray(x)
+    arr = as_array(x, name)
     if arr.dtype.kind in "cOSUVMm":
         raise TypeError(
             f"{name} must hold real numbers, got dtype {arr.dtype}"
@@ -105,11 +105,49 @@ def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite:
         raise ValueError(
             f"{name} has {arr.shape[1]} features, the model was built for input_width={n_features}"
         )
-    arr = arr.astype(dtype, copy=False)
-    if finite and not np.isfinite(arr).all():
+    if finite:
+        check_finite(arr, name, dtype, "training needs finite inputs")
+    with np.errstate(over="ignore"):  # (finite=False: values beyond the dtype's range become ±Inf, as documented)
+        return arr.astype(dtype, copy=False)
+
+
+def check_finite(arr: np.ndarray, name: str, dtype, why: str, *, count: bool = True) -> None:
+    """Refuse NaN or Inf in ``arr`` (saying how many with ``count``), and finite values that ``dtype`` cannot
+    hold (they would become Inf)."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); training needs finite inputs")
-    return arr
+        raise ValueError(f"{name} contains {bad} NaN or Inf value(s); {why}" if count
+                         else f"{name} contains NaN or Inf; {why}")
+    if arr.size and arr.dtype.kind in "fiu" and np.dtype(dtype).kind == "f":
+        largest = float(np.finfo(dtype).max)
+        biggest = max(abs(float(arr.max())), abs(float(arr.min())))
+        if biggest > largest:
+            raise ValueError(f"{name} has values up to {biggest:.3g} in magnitude, beyond the largest "
+                             f"{np.dtype(dtype)} ({largest:.3g}): they would become Inf; {why}")
+
+
+def as_array(x, name: str) -> np.ndarray:
+    """``np.asarray(x)``, except that a masked array with masked values is refused (``asarray`` would drop the
+    mask), a pandas object with nullable numeric columns (``Float32``, ``Int64``) becomes floats (``NA`` as NaN),
+    and rows of different lengths get a message that names ``x``."""
+    if isinstance(x, np.ma.MaskedArray):
+        if np.ma.count_masked(x):
+            raise ValueError(f"{name} is a masked array with {np.ma.count_masked(x)} masked value(s): fill them "
+                             f"first ({name}.filled(value)); a model reads every value")
+        return np.asarray(x.data)
+    if not isinstance(x, np.ndarray) and callable(getattr(x, "to_numpy", None)):
+        arr = x.to_numpy()
+        if arr.dtype == object:
+            try:
+                arr = x.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                pass  # not numbers: refused by the caller with the dtype
+        return arr
+    try:
+        return np.asarray(x)
+    except ValueError as err:
+        raise ValueError(f"{name} must be a 2-D array (n_samples, n_features), got rows of different lengths "
+                         f"({err})") from None
 
 
 def is_valid_input(x, n_features: int, dtype) -> bool:

@@ -52,7 +52,7 @@ from contextlib import contextmanager, nullcontext
 import numba
 import numpy as np
 
-from ._validation import check_dtype, check_fits_in_memory, is_valid_input
+from ._validation import as_array, check_dtype, check_fits_in_memory, is_valid_input
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
@@ -166,8 +166,9 @@ def _contiguous(x: np.ndarray, dtype) -> np.ndarray:
 
 def refuse_huge_batch(x, input_width: int, dtype, output_width: int):
     """``np.asarray(x)``, after refusing (``MemoryError``) a batch whose converted input, output and
-    bookkeeping would not fit in physical memory. Shape and dtype errors are left to the model's checks."""
-    arr = np.asarray(x)
+    bookkeeping would not fit in physical memory. Shape and dtype errors are left to the model's checks
+    (``_validation.as_array`` makes the array: masked values refused, pandas' nullable columns as floats)."""
+    arr = as_array(x, "x")
     if arr.ndim == 2 and arr.shape[1] == input_width and arr.dtype.kind in "fiub":
         n, itemsize = arr.shape[0], np.dtype(dtype).itemsize
         per_sample = output_width * itemsize + 4 * 8  # output + leaves, order, tile starts and leaves

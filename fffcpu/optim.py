@@ -107,7 +107,12 @@ class Adam(Optimizer):
         if not isinstance(decoupled_weight_decay, (bool, np.bool_)):
             raise TypeError(f"decoupled_weight_decay must be True or False, got {decoupled_weight_decay!r}")
         self.decoupled = bool(decoupled_weight_decay)
-        self.beta1, self.beta2 = (check_probability(b, "betas") for b in betas)
+        try:
+            self.beta1, self.beta2 = (check_probability(b, "betas") for b in betas)
+        except (TypeError, ValueError) as err:
+            if "betas" in str(err):
+                raise
+            raise TypeError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1], got {betas!r}") from None
         self.eps = check_positive_float(eps, "eps")
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}

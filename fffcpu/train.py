@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from ._validation import (check_input, check_nonnegative_float, check_positive_float, check_positive_int,
-                          check_seed)
+from ._validation import (check_finite, check_input, check_nonnegative_float, check_positive_float,
+                          check_positive_int, check_seed)
 from .functional import get_loss
 from .optim import Localized, Optimizer, make_optimizer
 
@@ -70,21 +70,19 @@ def check_targets(y, n_samples: int, loss: str, output_width: int, dtype, *, nam
                 raise ValueError(f"{name} contains NaN or Inf; class labels must be integers")
             if not np.array_equal(arr, np.round(arr)):
                 raise ValueError(f"{name} must be integer class labels, got non-integer values (regression? use loss='mse')")
-        arr = arr.astype(np.int64)
-        if n_samples and (arr.min() < 0 or arr.max() >= output_width):
+        if n_samples and (arr.min() < 0 or arr.max() >= output_width):  # in the given dtype: no wrap-around
+            low, high = (arr.min(), arr.max()) if arr.dtype.kind != "b" else (int(arr.min()), int(arr.max()))
             raise ValueError(
-                f"{name} has labels in [{arr.min()}, {arr.max()}], the model has output_width={output_width} "
+                f"{name} has labels in [{low}, {high}], the model has output_width={output_width} "
                 f"classes: labels must be in [0, {output_width - 1}]"
             )
-        return arr
+        return arr.astype(np.int64)
     if arr.ndim == 1 and output_width == 1:
         arr = arr.reshape(-1, 1)
     if arr.shape != (n_samples, output_width):
         raise ValueError(f"{name} must have shape ({n_samples}, {output_width}) for loss='mse', got {arr.shape}")
-    arr = arr.astype(dtype, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or Inf; training needs finite targets")
-    return arr
+    check_finite(arr, name, dtype, "training needs finite targets", count=False)
+    return arr.astype(dtype, copy=False)
 
 
 def linear_ramp(hardening: float, epochs: int):

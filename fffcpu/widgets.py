@@ -31,8 +31,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import tree, viz
+from ._validation import check_positive_int
 
 __all__ = ["RoutingExplorer", "PartitionReplay", "HardeningExplorer", "SizesExplorer", "LeafBrowser"]
+
+
+def _check_slider_value(value, name: str, maximum: int) -> int:
+    value = check_positive_int(value, name, minimum=0)
+    if value > maximum:
+        raise ValueError(f"{name} must be at most max_depth={maximum} (the slider's range), got {value}")
+    return value
 
 
 class _Explorer:
@@ -112,8 +120,10 @@ class RoutingExplorer(_Explorer):
             def model_for_depth(d):
                 return FFF(2, 4, 2, d, seed=d)
 
+        max_depth = check_positive_int(max_depth, "max_depth", minimum=0)
+        depth = _check_slider_value(depth, "depth", max_depth)
         self._factory, self._models = model_for_depth, {}
-        self.data, self.extent = data, tuple(extent)
+        self.data, self.extent = data, viz._check_extent(extent)
         x0, x1, y0, y1 = self.extent
         style = _slider_style()
         self.x1 = widgets.FloatSlider(value=point[0], min=x0, max=x1, step=0.01, description="x₁", style=style,
@@ -340,6 +350,11 @@ class SizesExplorer(_Explorer):
     """
 
     def __init__(self, *, depth: int = 4, leaf_width: int = 8, max_depth: int = 16):
+        max_depth = check_positive_int(max_depth, "max_depth", minimum=0)
+        depth = _check_slider_value(depth, "depth", max_depth)
+        leaf_width = check_positive_int(leaf_width, "leaf_width")
+        if leaf_width > 256:
+            raise ValueError(f"leaf_width must be at most 256 (the slider's range), got {leaf_width}")
         style = _slider_style()
         self.depth = widgets.IntSlider(value=depth, min=0, max=max_depth, description="depth", style=style)
         self.leaf_width = widgets.IntSlider(value=leaf_width, min=1, max=256, description="leaf width ℓ",
@@ -386,7 +401,16 @@ class LeafBrowser(_Explorer):
     """
 
     def __init__(self, model, X, y, *, image_shape=(8, 8), per_row: int = 10, rows: int = 4, seed: int = 0):
-        self.model, self.X, self.y = model, np.asarray(X), np.asarray(y)
+        viz._check_fff(model, "LeafBrowser")
+        X, y = np.asarray(X), np.asarray(y)
+        h, w = image_shape
+        if X.ndim != 2 or X.shape[1] != h * w:
+            raise ValueError(f"X must be 2-D (n_samples, {h * w}): images of image_shape {tuple(image_shape)} "
+                             f"flattened row-major, got shape {X.shape}")
+        if y.shape != (len(X),):
+            raise ValueError(f"y must hold one label per sample of X, shape ({len(X)},), got shape {y.shape}")
+        per_row, rows = check_positive_int(per_row, "per_row"), check_positive_int(rows, "rows")
+        self.model, self.X, self.y = model, X, y
         self.image_shape, self.per_row, self.rows, self.seed = tuple(image_shape), per_row, rows, seed
         self.routed = model.route(self.X)
         used = [int(k) for k in np.unique(self.routed)]

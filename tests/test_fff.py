@@ -474,6 +474,15 @@ def test_fastfeedforward_state_dict_round_trip_and_refusals():
         FFF.from_fastfeedforward(Module())
     with pytest.raises(TypeError, match="expects a mapping of parameter names to tensors or arrays, got list"):
         FFF.from_fastfeedforward(list(state.items()))
+    bad = [({"w1s": state["w1s"][:0]}, r"w1s has 0 leaves, which is not a power of two"),
+           ({"leaf_usage": np.zeros(3, np.float32)}, r"state_dict\['leaf_usage'\] must hold 8 values"),
+           ({"depth": np.array([3, 3])}, r"state_dict\['depth'\] must be one integer"),
+           ({"depth": np.array(2)}, "state_dict says depth=2 but w1s has 8 leaves")]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            FFF.from_fastfeedforward({**state, **change})
+    with pytest.raises(ValueError, match="usage_mode must be 'soft' or 'hard', got 'x'"):
+        FFF.from_fastfeedforward(state, usage_mode="x")
 
 
 @pytest.mark.parametrize("x", [np.zeros((2, 5), np.float32), np.zeros((2, 5)), np.zeros((300, 5), np.float32),
@@ -520,3 +529,39 @@ def test_warmup_takes_one_dtype_name_or_several_and_refuses_others():
     fffcpu.warmup(("float64",), parallel=False)
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got 'float16'"):
         fffcpu.warmup(("float16",))
+
+
+def test_backward_and_forward_refuse_what_they_cannot_use():
+    from fffcpu.optim import Adam
+
+    model = FFF(4, 3, 2, 2, seed=0)
+    x = np.zeros((2, 4), np.float32)
+    model.forward(x)
+    with pytest.raises(TypeError, match="dy must hold real numbers, got dtype <U1"):
+        model.backward(np.full((2, 2), "a"))
+    with pytest.raises(TypeError, match=r"dy must hold real numbers, got dtype complex128 \(complex values"):
+        model.backward(np.zeros((2, 2), complex))
+    with pytest.raises(TypeError, match="dy must hold real numbers, got dtype object"):
+        model.backward(np.array([[None, 1.0], [1.0, 1.0]], dtype=object))
+    with pytest.raises(TypeError, match="hardening must be a number >= 0, got 'x'"):
+        model.backward(np.zeros((2, 2)), hardening="x")
+    with pytest.raises(TypeError, match="flips must be a bool array .* got dtype float64"):
+        model.forward(x, flips=np.full((2, 3), 0.5))
+    with pytest.raises(TypeError, match=r"betas must be a pair \(beta1, beta2\)"):
+        Adam(model.params, betas=(0.9, 0.9, 0.9))
+
+
+def test_inputs_from_pandas_nullable_columns_masked_arrays_and_ragged_lists():
+    model = FFF(2, 3, 2, 2, seed=0)
+    x = np.array([[0.5, -1.0], [2.0, 3.0]])
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": pd.array([0.5, 2.0], dtype="Float32"), "b": pd.array([-1, 3], dtype="Int64")})
+    np.testing.assert_array_equal(model.predict(frame), model.predict(x))
+    with pytest.raises(ValueError, match="X contains 1 NaN or Inf"):  # NA becomes NaN, which training refuses
+        fffcpu.train(model, frame.astype({"a": "Float32"}).where(frame > 0), [0, 1], epochs=1, progress=False)
+    masked = np.ma.masked_array(x, mask=[[False, True], [False, False]])
+    with pytest.raises(ValueError, match=r"masked array with 1 masked value\(s\): fill them first"):
+        model.predict(masked)
+    np.testing.assert_array_equal(model.predict(np.ma.masked_array(x)), model.predict(x))
+    with pytest.raises(ValueError, match="x must be a 2-D array .* rows of different lengths"):
+        model.predict([[1.0, 2.0], [3.0]])

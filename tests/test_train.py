@@ -295,3 +295,16 @@ def test_arguments_that_would_fail_in_a_later_epoch_fail_before_training(kwargs,
         train(model, X, y, epochs=3, progress=False, **kwargs)
     for k, v in before.items():
         np.testing.assert_array_equal(model.params[k], v)
+
+
+def test_values_beyond_the_model_dtype_and_labels_beyond_int64_are_reported_as_given():
+    X, y = _small_problem()
+    model = FFF(4, 3, 3, 2, seed=0)
+    with pytest.raises(ValueError, match=r"X has values up to 1e\+300 in magnitude, beyond the largest float32"):
+        train(model, np.full((40, 4), 1e300), y, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"y has values up to 1e\+300 in magnitude, beyond the largest float32"):
+        train(FFF(4, 3, 1, 2, seed=0), X, np.full(40, 1e300), loss="mse", epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"labels in \[1e\+20, 1e\+20\]"):
+        train(model, X, np.full(40, 1e20), epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"labels in \[0, 9223372036854775813\]"):
+        train(model, X, np.array([0] * 39 + [2**63 + 5], dtype=np.uint64), epochs=1, progress=False)

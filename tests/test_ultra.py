@@ -332,6 +332,7 @@ def test_state_dict_from_torch_tensors():
         (dict(out_bias=1.0), {}, ValueError, "has no output bias"),
         (dict(w_1d=True), {}, ValueError, "must be 2-D"),
         (dict(strings=True), {}, TypeError, "must hold real numbers"),
+        ({}, dict(prefix=3), TypeError, "prefix must be a str"),
     ],
 )
 def test_state_dict_errors(change, kwargs, error, message):

@@ -464,3 +464,21 @@ def test_more_argument_checks_name_the_argument():
         with pytest.raises(error, match=match):
             call()
     plt.close("all")
+
+
+def test_widgets_check_their_arguments_instead_of_clamping_them():
+    model = fffcpu.FFF(4, 2, 3, 2, seed=0)
+    X, y = np.zeros((6, 4)), np.arange(6) % 3
+    cases = [
+        (lambda: fw.RoutingExplorer(depth=9, max_depth=5), ValueError, "depth must be at most max_depth=5"),
+        (lambda: fw.RoutingExplorer(extent=(1, 0, 0, 1)), ValueError, "extent must be .* with xmin < xmax"),
+        (lambda: fw.SizesExplorer(leaf_width=0), ValueError, "leaf_width must be an integer >= 1"),
+        (lambda: fw.SizesExplorer(depth=20), ValueError, "depth must be at most max_depth=16"),
+        (lambda: fw.LeafBrowser(fffcpu.UltraFFF(4, 3, 2, seed=0), X, y, image_shape=(2, 2)), TypeError,
+         "LeafBrowser needs an fffcpu.FFF"),
+        (lambda: fw.LeafBrowser(model, X, y, image_shape=(3, 3)), ValueError, r"X must be 2-D \(n_samples, 9\)"),
+        (lambda: fw.LeafBrowser(model, X, y[:2], image_shape=(2, 2)), ValueError, "y must hold one label per sample"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()

@@ -72,6 +72,9 @@ class Model:
 
     def _check_dy(self, dy, n: int):
         dy = np.asarray(dy)
+        if dy.dtype.kind not in "fiub":
+            raise TypeError(f"dy must hold real numbers, got dtype {dy.dtype}"
+                            + (" (complex values: pass the real part explicitly)" if dy.dtype.kind == "c" else ""))
         if dy.shape != (n, self.output_width):
             raise ValueError(
                 f"dy must have the shape of the last forward output ({n}, {self.output_width}), got {dy.shape}"

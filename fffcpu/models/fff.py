@@ -23,8 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import engine, tree
-from .._validation import (check_bool, check_fits_in_memory, check_out, check_positive_float, check_positive_int,
-                           check_probability, check_state_dict, format_bytes, physical_memory_bytes)
+from .._validation import (check_bool, check_fits_in_memory, check_nonnegative_float, check_out,
+                           check_positive_float, check_positive_int, check_probability, check_state_dict, format_bytes,
+                           physical_memory_bytes)
 from ..functional import bernoulli_entropy, bernoulli_entropy_grad, get_activation, sigmoid
 from .base import Model
 
@@ -333,7 +334,10 @@ class FFF(Model):
         if flips is None and self.region_leak > 0 and self.n_nodes > 0:
             flips = self.leak_rng.random((n, self.n_nodes)) < self.region_leak
         elif flips is not None:
-            flips = np.asarray(flips, dtype=bool)
+            flips = np.asarray(flips)
+            if flips.dtype != bool:  # a cast would turn every nonzero probability into True
+                raise TypeError(f"flips must be a bool array (True: the node swaps its children), got dtype "
+                                f"{flips.dtype}")
             if flips.shape != (n, self.n_nodes):
                 raise ValueError(f"flips must have shape ({n}, {self.n_nodes}), got {flips.shape}")
         self._cache = self._soft_forward(x, flips=flips, hard=self.train_hardened)
@@ -462,6 +466,7 @@ class FFF(Model):
         """
         c = self._require_cache()
         x, p, g = c["x"], self.params, self._check_dy(dy, len(c["x"]))
+        hardening = check_nonnegative_float(hardening, "hardening")
         n, width, grads = len(x), self.leaf_width, self.grads
         w2_flat = p["w2s"].reshape(self.training_width, self.output_width)
         mixture = c["reach_levels"][-1]
@@ -538,6 +543,8 @@ class FFF(Model):
             Other ``FFF`` keyword arguments (``region_leak``, ``train_hardened``, ``seed``, ...).
         """
         state_dict = check_state_dict(state_dict, "FFF.from_fastfeedforward")
+        if usage_mode not in ("soft", "hard"):
+            raise ValueError(f"usage_mode must be 'soft' or 'hard', got {usage_mode!r}")
         arrays = {key: _to_numpy(value) for key, value in state_dict.items()}
         missing = [k for k in ("node_weights", "node_biases", "w1s", "b1s", "w2s", "b2s") if k not in arrays]
         if missing:
@@ -547,21 +554,28 @@ class FFF(Model):
             raise ValueError(f"w1s and w2s must be 3-D, got shapes {w1s.shape} and {w2s.shape}")
         n_leaves = w1s.shape[0]
         depth = int(n_leaves).bit_length() - 1
-        if n_leaves != 1 << depth:
-            raise ValueError(f"w1s has {n_leaves} leaves, which is not a power of two")
-        if "depth" in arrays and int(arrays["depth"]) != depth:
-            raise ValueError(f"state_dict says depth={int(arrays['depth'])} but w1s has {n_leaves} leaves")
+        if n_leaves < 1 or n_leaves != 1 << depth:
+            raise ValueError(f"w1s has {n_leaves} leaves, which is not a power of two (1, 2, 4, ...)")
+        if "depth" in arrays:
+            given = arrays["depth"]
+            if np.size(given) != 1 or np.asarray(given).dtype.kind not in "iu":
+                raise ValueError(f"state_dict['depth'] must be one integer, got {given!r}")
+            if int(np.asarray(given).reshape(())) != depth:
+                raise ValueError(f"state_dict says depth={int(np.asarray(given).reshape(()))} but w1s has "
+                                 f"{n_leaves} leaves")
         if dtype is None:
             dtype = w1s.dtype if w1s.dtype.name in ("float32", "float64") else "float32"
         model = cls(w1s.shape[1], w1s.shape[2], w2s.shape[2], depth, activation=activation, dtype=dtype, **options)
         params = {k: arrays[k] for k in model.param_shapes()}
         params["node_biases"] = params["node_biases"].reshape(-1)
         model.set_params(params)
-        if usage_mode not in ("soft", "hard"):
-            raise ValueError(f"usage_mode must be 'soft' or 'hard', got {usage_mode!r}")
-        for kind in ("node", "leaf"):
+        for kind, n in (("node", model.n_nodes), ("leaf", model.n_leaves)):
             if f"{kind}_usage" in arrays:
-                model.usage[f"{kind}_{usage_mode}"][...] = arrays[f"{kind}_usage"].reshape(-1)
+                usage = arrays[f"{kind}_usage"]
+                if usage.size != n:
+                    raise ValueError(f"state_dict['{kind}_usage'] must hold {n} values (one per {kind}), got "
+                                     f"shape {usage.shape}")
+                model.usage[f"{kind}_{usage_mode}"][...] = usage.reshape(-1)
         return model
 
     def to_fastfeedforward(self, *, usage_mode: str | None = None) -> dict:

@@ -368,6 +368,8 @@ class UltraFFF(Model):
         UltraFFF
         """
         trees = check_positive_int(trees, "trees")
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str (the keys' common start, e.g. 'encoder.layer.0.'), got {prefix!r}")
         state_dict = check_state_dict(state_dict, "UltraFFF.from_state_dict")
         arrays = {}
         for key in _STATE_KEYS:
