@@ -25,8 +25,13 @@ def test_readme_names_the_two_commands():
 def test_readme_code_runs(index, tmp_path, monkeypatch, capsys):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
-    exec(compile(python_blocks()[index], f"README.md block {index}", "exec"), {"__name__": "__readme__"})
-    assert capsys.readouterr().out.strip()  # every block prints what it shows
+    block = python_blocks()[index]
+    exec(compile(block, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
+    printed = capsys.readouterr().out
+    assert printed.strip()  # every block prints what it shows
+    # a figure the README states in a comment after a print: "# hard 0.953, soft 0.929, 8 of 16"
+    for hard, soft, used, n in re.findall(r"# hard ([\d.]+), soft ([\d.]+), (\d+) of (\d+)", block):
+        assert f"hard accuracy {hard}, soft {soft}, leaves used {used} of {n}" in printed
 
 
 def run_cli(*args):
@@ -75,7 +80,7 @@ def test_train_save_predict_end_to_end(tmp_path):
     np.savez(data, X=X, y=y)
     model_path = tmp_path / "m.npz"
     result = run_cli("train", "--data", f"npz:{data}", "--depth", "2", "--leaf-width", "3", "--epochs", "30",
-                     "--hardening", "5", "--save", str(model_path), "--quiet")
+                     "--training", "soft", "--hardening", "5", "--save", str(model_path), "--quiet")
     assert result.returncode == 0, result.stderr
     hard_acc = float(re.search(r"test accuracy: +soft [\d.]+, hard ([\d.]+)", result.stdout).group(1))
     assert hard_acc > 0.85
@@ -193,3 +198,14 @@ def test_cli_labels_empty_inputs_and_the_output_name(tmp_path):
     result = run_cli("predict", str(model), str(tmp_path / "x.npy"), "--output", str(tmp_path / "labels"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(f"to {tmp_path / 'labels.npy'}") and (tmp_path / "labels.npy").exists()
+
+
+def test_train_defaults_to_hard_training_and_reports_the_leaves_used():
+    result = run_cli("train", "--data", "digits", "--quiet")
+    assert result.returncode == 0, result.stderr
+    used = int(re.search(r"leaves used: (\d+) of 16", result.stdout).group(1))
+    hard_acc = float(re.search(r"test accuracy: +soft [\d.]+, hard ([\d.]+)", result.stdout).group(1))
+    assert used >= 6 and hard_acc > 0.9  # (a soft tree at hardening 10, the old default, used 1 leaf)
+    result = run_cli("train", "--data", "digits", "--quiet", "--training", "sharpened", "--epochs", "20")
+    soft_acc, hard_acc = map(float, re.search(r"test accuracy: +soft ([\d.]+), hard ([\d.]+)", result.stdout).groups())
+    assert result.returncode == 0 and abs(soft_acc - hard_acc) < 0.02  # the soft model ends as the hard one
