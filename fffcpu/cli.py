@@ -224,7 +224,7 @@ def _train_command(args) -> None:
     X_train = np.asarray(X_train).reshape(len(X_train), -1)
     X_test = np.asarray(X_test).reshape(len(X_test), -1)
     for y in (y_train, y_test):
-        if np.asarray(y).dtype.kind not in "iuf":
+        if np.asarray(y).dtype.kind not in "biuf":
             raise ValueError(f"--data {args.data}: y must hold integer class labels 0, 1, ..., "
                              f"got dtype {np.asarray(y).dtype}")
     n_classes = int(max(np.max(y_train), np.max(y_test))) + 1

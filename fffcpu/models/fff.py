@@ -335,9 +335,11 @@ class FFF(Model):
             flips = self.leak_rng.random((n, self.n_nodes)) < self.region_leak
         elif flips is not None:
             flips = np.asarray(flips)
-            if flips.dtype != bool:  # a cast would turn every nonzero probability into True
-                raise TypeError(f"flips must be a bool array (True: the node swaps its children), got dtype "
-                                f"{flips.dtype}")
+            if flips.dtype != bool:  # a cast would turn every nonzero probability into True: 0/1 integers only
+                if flips.dtype.kind not in "iu" or not np.isin(flips, (0, 1)).all():
+                    raise TypeError(f"flips must be a bool array (True: the node swaps its children), or of 0 and 1, "
+                                    f"got dtype {flips.dtype}")
+                flips = flips.astype(bool)
             if flips.shape != (n, self.n_nodes):
                 raise ValueError(f"flips must have shape ({n}, {self.n_nodes}), got {flips.shape}")
         self._cache = self._soft_forward(x, flips=flips, hard=self.train_hardened)
