@@ -263,6 +263,9 @@ def make_optimizer(name: str, model, lr: float, *, local_batch_size: float | Non
     if base not in _OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS) + ['local_adam', 'local_sgd']} "
                          f"or an Optimizer instance, got {name!r}")
+    if base != name and not getattr(model, "param_blocks", None):
+        raise ValueError(f"optimizer={name!r} needs a model with node/leaf blocks (an FFF); "
+                         f"{type(model).__name__} has none: use {base!r}")
     optimizer = _OPTIMIZERS[base](model.params, lr, **options)
     if base == name:
         return optimizer

@@ -218,3 +218,10 @@ def test_parameters_must_be_float_arrays():
         Adam({"w": [1.0, 2.0]})
     with pytest.raises(TypeError, match="got ndarray of dtype int64"):
         SGD({"w": np.arange(3)}, lr=0.1)
+
+
+def test_localized_optimizers_name_the_missing_blocks_first():
+    from fffcpu import UltraFFF
+
+    with pytest.raises(ValueError, match="needs a model with node/leaf blocks .* UltraFFF has none: use 'adam'"):
+        make_optimizer("local_adam", UltraFFF(4, 3, 2, seed=0), 1e-3)

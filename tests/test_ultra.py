@@ -333,6 +333,9 @@ def test_state_dict_from_torch_tensors():
         (dict(w_1d=True), {}, ValueError, "must be 2-D"),
         (dict(strings=True), {}, TypeError, "must hold real numbers"),
         ({}, dict(prefix=3), TypeError, "prefix must be a str"),
+        (dict(out_bias=0.0, out_bias_len=99), {}, ValueError, r"linear_out.bias must have shape \(5,\), got \(99,\)"),
+        (dict(huge=1e300), {}, ValueError, "linear_in.bias holds values up to 1e\\+300 in magnitude, beyond the "
+                                           "largest float32"),
     ],
 )
 def test_state_dict_errors(change, kwargs, error, message):
@@ -345,7 +348,9 @@ def test_state_dict_errors(change, kwargs, error, message):
     if "drop" in change:
         del state[change["drop"]]
     if "out_bias" in change:
-        state["linear_out.bias"] = np.full(5, change["out_bias"])
+        state["linear_out.bias"] = np.full(change.get("out_bias_len", 5), change["out_bias"])
+    if "huge" in change:
+        state["linear_in.bias"][0] = change["huge"]
     if change.get("w_1d"):
         state["linear_in.weight"] = np.zeros(7)
     if change.get("strings"):
@@ -603,3 +608,17 @@ def test_bfloat16_snapshot_is_a_snapshot_and_checks_input():
     with pytest.raises(ValueError, match="float32 layer"):
         UltraFFF(6, 4, 3, dtype="float64", seed=0).to_bfloat16()
     assert "BFloat16UltraFFF(input_width=6" in repr(snapshot)
+
+
+@pytest.mark.parametrize("stale", [np.nan, np.inf, 123.0])
+def test_no_stale_gradient_survives_a_backward(stale):
+    # a NaN left in a gradient (e.g. by a step that diverged) must not poison the next backward
+    model, rng = random_model(3, seed=7)
+    x = rng.normal(size=(5, model.input_width))
+    model.forward(x)
+    for name in ("w_in", "b_in", "w_out"):
+        model.grads[name][...] = stale
+    model.backward(np.ones((5, model.output_width)), input_grad=False)
+    grads, _ = naive_ultra.gradients(model, x, np.ones((5, model.output_width)))
+    for name in ("w_in", "b_in", "w_out"):
+        np.testing.assert_allclose(model.grads[name], grads[name], rtol=1e-10, atol=1e-12)

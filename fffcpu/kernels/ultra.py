@@ -635,7 +635,8 @@ def _weight_grads(x, g, acts, dz, offsets, entries, per_sample, dw_in, db_in, dw
                              min((k + 1) * block_out, g.shape[1]))
         else:
             for k in range(db_in.shape[0]):
-                s = db_in[k] * 0
+                db_in[k] = 0  # a zero of db_in's dtype, whatever the last call left there (NaN * 0 is NaN)
+                s = db_in[k]
                 for e in range(offsets[k], offsets[k + 1]):
                     s += dz[entries[e]]
                 db_in[k] = s

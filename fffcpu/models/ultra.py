@@ -400,9 +400,19 @@ class UltraFFF(Model):
         if w_out.ndim != 2 or w_out.shape[1] != rows:
             raise ValueError(f"{prefix}linear_out.weight must have shape (output_width, {rows}), got {w_out.shape}")
         bias_out = prefix + "linear_out.bias"
-        if bias_out in state_dict and np.any(_as_numpy(state_dict[bias_out], bias_out)):
-            raise ValueError(f"{bias_out} is not zero, but the UltraFastBERT layer has no output bias")
+        if bias_out in state_dict:
+            b_out = _as_numpy(state_dict[bias_out], bias_out)
+            if b_out.shape != (w_out.shape[0],):
+                raise ValueError(f"{bias_out} must have shape ({w_out.shape[0]},), got {b_out.shape}")
+            if np.any(b_out):
+                raise ValueError(f"{bias_out} is not zero, but the UltraFastBERT layer has no output bias")
         model = cls(input_width, w_out.shape[0], depth, trees=trees, activation=activation, dtype=dtype)
+        largest = float(np.finfo(model.dtype).max)
+        for key, value in (("linear_in.weight", w_in), ("linear_in.bias", b_in), ("linear_out.weight", w_out)):
+            finite = np.abs(value[np.isfinite(value)])
+            if finite.size and float(finite.max()) > largest:
+                raise ValueError(f"{prefix}{key} holds values up to {float(finite.max()):.3g} in magnitude, beyond "
+                                 f"the largest {model.dtype} ({largest:.3g}): they would become Inf")
         n = (2 << depth) - 1
         model.set_params({
             "w_in": w_in.reshape(trees, n, input_width),
