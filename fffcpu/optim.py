@@ -170,7 +170,10 @@ class Localized:
     ``n_samples · grad`` (the sum over samples of their contributions) and the usage; a block whose usage
     reaches ``local_batch_size`` is updated with ``accumulated / usage``, the mean contribution of the
     samples that reached it, and its accumulators restart from zero. With constant batches of size B
-    this is the spec's "accumulated gradient rescaled by B / usage".
+    this is the spec's "accumulated gradient rescaled by B / usage". The hardening term is a mean over every
+    sample and every node, reached or not (``FFF.hardening_loss``): its part of a node's accumulated gradient
+    sums over all the samples of the batches, and is divided by the same usage, so with hardening > 0 a rarely
+    reached node gets a stronger hardening pull than its own samples' mean.
     """
 
     def __init__(self, optimizer: Optimizer, blocks: dict, *, local_batch_size: float, counts: str = "soft"):

@@ -27,7 +27,8 @@ class History(dict):
 
     Keys: ``loss`` (mean prediction loss over the epoch's batches), ``entropy`` (mean node entropy, the
     hardening term), ``objective`` (loss + the epoch's hardening weight · entropy), ``seconds``; for classification
-    ``train_acc_soft``, ``train_acc_hard`` and with validation ``val_loss``, ``val_acc_soft``, ``val_acc_hard``;
+    ``train_acc_soft``, ``train_acc_hard`` and with validation ``val_loss`` (the prediction loss of the outputs
+    training computes: hard for a model with ``train_hardened``, soft otherwise), ``val_acc_soft``, ``val_acc_hard``;
     for regression ``train_mse_soft``/``_hard`` and ``val_mse_soft``/``_hard``; with ``sharpening``,
     ``node_scale`` (the product of the sharpening factors applied so far).
     """
@@ -244,7 +245,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
             with np.errstate(over="ignore", invalid="ignore"):  # non-finite values are reported below
                 out = model.forward(xb)
                 batch_loss = loss_fn(out, yb)
-            entropy = model.hardening_loss()
+                entropy = model.hardening_loss()
             if not np.isfinite(batch_loss):
                 _restore(model, snapshot, start > 0 or epoch > 0)
                 bar.close()
@@ -255,27 +256,41 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                 model.backward(loss_grad(out, yb), hardening=h, input_grad=False)
             if not all(np.isfinite(g).all() for g in model.grads.values()):
                 bar.close()
+                # hard routing sends NaN logits left, so Inf weights can still give a finite loss: undo the update
+                # that made them, as for a non-finite loss
+                weights_finite = all(np.isfinite(p).all() for p in model.params.values())
+                if not weights_finite:
+                    _restore(model, snapshot, start > 0 or epoch > 0)
                 raise TrainingDiverged(
-                    f"a gradient became NaN or Inf in epoch {epoch + 1}; the weights were not updated. "
-                    "Try a smaller lr.", history)
+                    f"a gradient became NaN or Inf in epoch {epoch + 1}; "
+                    + ("the weights were not updated" if weights_finite else
+                       "the model keeps the last finite weights") + ". Try a smaller lr.", history)
             for name, p in model.params.items():
                 np.copyto(snapshot[name], p)
-            if localized:
-                opt.step(model.grads, model.block_usage(opt.counts), len(rows))
-            else:
-                opt.step(model.grads)
+            with np.errstate(over="ignore"):  # weights that overflow are caught by the next batch's checks
+                if localized:
+                    opt.step(model.grads, model.block_usage(opt.counts), len(rows))
+                else:
+                    opt.step(model.grads)
             total_loss += batch_loss * len(rows)
             total_entropy += entropy * len(rows)
         metrics = {"loss": total_loss / len(X), "entropy": total_entropy / len(X)}
         metrics["objective"] = metrics["loss"] + h * metrics["entropy"]
         if sharpening is not None:
             factor = _sharpening_at(sharpening, epoch)
-            model.sharpen(factor)
+            try:
+                model.sharpen(factor)
+            except ValueError as err:  # would overflow the dtype: the weights grew too large for the schedule
+                bar.close()
+                raise TrainingDiverged(f"after epoch {epoch + 1}: {err}; the model keeps the weights of that epoch, "
+                                       "unsharpened", history) from None
             node_scale *= factor
             metrics["node_scale"] = node_scale
         metrics.update(_evaluate(model, X, y, loss, "train"))
         if validation is not None:
-            metrics["val_loss"] = loss_fn(model.predict_soft(X_val), y_val)
+            # the counterpart of "loss": the outputs training computes, hard when the model trains hard
+            hard = getattr(model, "train_hardened", False)
+            metrics["val_loss"] = loss_fn(model.predict(X_val) if hard else model.predict_soft(X_val), y_val)
             metrics.update(_evaluate(model, X_val, y_val, loss, "val"))
         metrics["seconds"] = time.perf_counter() - started
         history.append(**metrics)

@@ -308,3 +308,31 @@ def test_values_beyond_the_model_dtype_and_labels_beyond_int64_are_reported_as_g
         train(model, X, np.full(40, 1e20), epochs=1, progress=False)
     with pytest.raises(ValueError, match=r"labels in \[0, 9223372036854775813\]"):
         train(model, X, np.array([0] * 39 + [2**63 + 5], dtype=np.uint64), epochs=1, progress=False)
+
+
+def test_val_loss_is_the_loss_of_the_outputs_training_computes():
+    from fffcpu.functional import cross_entropy
+
+    X, y = _small_problem()
+    for hard in (True, False):
+        model = FFF(4, 3, 3, 2, train_hardened=hard, straight_through=hard, seed=0)
+        history = train(model, X, y, epochs=2, validation=(X[:20], y[:20]), progress=False)
+        outputs = model.predict(X[:20]) if hard else model.predict_soft(X[:20])
+        assert history["val_loss"][-1] == cross_entropy(outputs, y[:20])
+
+
+def test_a_diverged_hard_training_keeps_finite_weights():
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 6)).astype(np.float32), rng.integers(0, 3, 200)
+    model = FFF(6, 3, 3, 2, train_hardened=True, seed=0)
+    with pytest.raises(TrainingDiverged):
+        train(model, X, y, optimizer="sgd", lr=1e38, hardening=1e3, batch_size=50, epochs=3, seed=0, progress=False)
+    assert all(np.isfinite(p).all() for p in model.params.values())
+
+
+def test_sharpening_that_would_overflow_raises_training_diverged_with_the_history():
+    X, y = _small_problem()
+    model = FFF(4, 2, 3, 2, seed=0)
+    with pytest.raises(TrainingDiverged, match=r"after epoch \d+: sharpening by 1e\+06 would overflow float32") as err:
+        train(model, X, y, epochs=8, sharpening=1e6, progress=False)
+    assert err.value.history.epochs >= 1 and all(np.isfinite(p).all() for p in model.params.values())
