@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 import time
@@ -129,10 +130,9 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
         X, y = datasets.load_mnist_5k()
     elif kind == "idx" and arg:
         X, y = datasets.load_mnist(arg, "train")
-        try:
+        present = [os.path.basename(p) for p in glob.glob(os.path.join(arg, "t10k-*"))]
+        if present:  # a test set, which must then be whole: half of one would silently become a random split
             X_test, y_test = datasets.load_mnist(arg, "t10k")
-        except FileNotFoundError:
-            pass
     elif kind == "npz" and arg:
         if not os.path.exists(arg):
             raise FileNotFoundError(f"no such file: {arg!r}")
@@ -223,10 +223,10 @@ def _train_command(args) -> None:
     X_train, X_test, y_train, y_test = load_data(args.data, test_size=args.test_size, seed=args.seed)
     X_train = np.asarray(X_train).reshape(len(X_train), -1)
     X_test = np.asarray(X_test).reshape(len(X_test), -1)
-    for y in (y_train, y_test):
-        if np.asarray(y).dtype.kind not in "biuf":
-            raise ValueError(f"--data {args.data}: y must hold integer class labels 0, 1, ..., "
-                             f"got dtype {np.asarray(y).dtype}")
+    for y in (np.asarray(y_train), np.asarray(y_test)):
+        if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.array_equal(y, np.round(y))):
+            given = f"dtype {y.dtype}" if y.dtype.kind not in "biuf" else "non-integer values"
+            raise ValueError(f"--data {args.data}: y must hold integer class labels 0, 1, ..., got {given}")
     n_classes = int(max(np.max(y_train), np.max(y_test))) + 1
     if args.model == "ff":
         model = FF(X_train.shape[1], args.hidden_width, n_classes, activation=args.activation, seed=args.seed)
@@ -291,6 +291,12 @@ def _save_npy(path: str, array: np.ndarray) -> str:
     return path
 
 
+def _test_size(text: str) -> float | int:
+    """A fraction (``0.25``) or a count of samples (``500``), as ``datasets.train_test_split`` takes."""
+    value = float(text)
+    return int(value) if value >= 1 and value.is_integer() else value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -339,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the node-entropy term (default: 0 for hard, 1 for soft; sharpened ramps it to "
                         "this value, default 1)")
     p.add_argument("--region-leak", type=float, default=0.0, help="region leak probability (default 0)")
-    p.add_argument("--test-size", type=float, default=0.25, help="test fraction when the data has no test set")
+    p.add_argument("--test-size", type=_test_size, default=0.25,
+                   help="test fraction in (0, 1), or number of test samples, when the data has no test set "
+                        "(default 0.25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save", metavar="FILE", help="save the trained model (.npz)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -417,7 +417,8 @@ def _find_idx(directory: str, kind: str, what: str, idx: int) -> str:
         candidate = os.path.join(directory, name)
         if os.path.isfile(candidate):
             return candidate
-    where = directory if os.path.isdir(directory) else f"{directory} (no such directory)"
+    where = (directory if os.path.isdir(directory) else f"{directory} (a file, not a directory)"
+             if os.path.exists(directory) else f"{directory} (no such directory)")
     raise FileNotFoundError(f"no {kind} {what} file in {where}; looked for: {', '.join(names)}")
 
 
@@ -462,11 +463,15 @@ def load_mnist(directory, kind: str = "train", *, scale: bool = True):
         )
     if labels.ndim != 1:
         raise ValueError(f"{labels_path} must hold 1-D labels, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"{labels_path} must hold integer labels, got {labels.dtype}")
     if len(images) != len(labels):
         raise ValueError(
             f"image and label counts differ: {len(images)} images in {images_path}, "
             f"{len(labels)} labels in {labels_path}"
         )
+    if len(images) == 0:
+        raise ValueError(f"{images_path} holds no images (shape {images.shape})")
     X = images.reshape(len(images), -1).astype(np.float64)
     if scale:
         X /= 255.0
@@ -521,7 +526,8 @@ def train_test_split(X, y, *, test_size=0.25, seed=None, stratify: bool = True):
     stratify : bool, default True
         Keep each class's share the same in both parts (up to rounding). Applies only
         to integer (or boolean) labels; other labels, e.g. regression targets, are
-        split purely at random.
+        split purely at random. (Unlike scikit-learn's, this takes True or False, not
+        the labels: the labels stratified by are ``y``.)
 
     Returns
     -------
@@ -531,6 +537,9 @@ def train_test_split(X, y, *, test_size=0.25, seed=None, stratify: bool = True):
     y_test : ndarray of shape (n_test,)
         Each part in random order; together they hold every sample exactly once.
     """
+    if not isinstance(stratify, (bool, np.bool_)):
+        raise TypeError(f"stratify must be True or False (the classes stratified by are y's), got "
+                        f"{type(stratify).__name__}")
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 0:
         raise ValueError("X must have one row per sample, got a scalar")

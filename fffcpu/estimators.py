@@ -37,7 +37,7 @@ except ImportError as err:  # pragma: no cover - exercised only without scikit-l
     # validate_data and __sklearn_tags__ are the estimator API of scikit-learn 1.6 and later.
     raise ImportError(
         "fffcpu's estimators (FFFClassifier, FFFRegressor, UltraFFFRegressor) need scikit-learn >= 1.6: "
-        "pip install 'scikit-learn>=1.6'"
+        "pip install 'fffcpu[data]' (or pip install 'scikit-learn>=1.6')"
     ) from err
 
 from ._validation import (check_dtype, check_nonnegative_float, check_positive_float, check_positive_int,

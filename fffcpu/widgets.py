@@ -25,10 +25,11 @@ import numpy as np
 
 try:
     import ipywidgets as widgets
-except ImportError as err:  # pragma: no cover - ipywidgets is in the viz/notebooks/test extras
-    raise ImportError("fffcpu.widgets needs ipywidgets: pip install 'fffcpu[viz]'") from err
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as err:  # pragma: no cover - ipywidgets and matplotlib are in the viz/notebooks/test extras
+    raise ImportError(f"fffcpu.widgets needs ipywidgets and matplotlib ({err.name} is missing): "
+                      "pip install 'fffcpu[viz]'") from err
 
 from . import tree, viz
 from ._validation import check_positive_int

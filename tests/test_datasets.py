@@ -392,3 +392,22 @@ def test_split_input_validation():
         datasets.train_test_split(np.zeros((1, 2)), np.zeros(1, int), test_size=0.5)
     with pytest.raises(TypeError, match="test_size must be a float in"):
         datasets.train_test_split(np.zeros((10, 2)), np.zeros(10, int), test_size="0.2")
+
+
+def test_load_mnist_refuses_float_labels_empty_sets_and_names_a_file_given_as_folder(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 2, 2), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.array([0.7, 1.7, 2.7], np.float32))
+    with pytest.raises(ValueError, match="must hold integer labels, got float32"):
+        datasets.load_mnist(tmp_path)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 2, 2), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(ValueError, match=r"holds no images \(shape \(0, 2, 2\)\)"):
+        datasets.load_mnist(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"\(a file, not a directory\)"):
+        datasets.load_mnist(tmp_path / "train-labels-idx1-ubyte")
+
+
+def test_train_test_split_says_stratify_takes_a_bool():
+    X, y = np.zeros((10, 2)), np.arange(10) % 2
+    with pytest.raises(TypeError, match="stratify must be True or False .* got ndarray"):
+        datasets.train_test_split(X, y, stratify=y)

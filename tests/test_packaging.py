@@ -315,3 +315,57 @@ def test_ci_run_calls_make_test():
 @pytest.mark.skipif(os.name != "posix", reason="executable bit is POSIX only")
 def test_ci_run_is_executable():
     assert os.access(CI_RUN, os.X_OK)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_read_only_install_without_a_writable_home_imports_and_caches_in_the_temporary_folder(tmp_path):
+    # Numba refuses a cache=True kernel when it has nowhere to cache: the package must find it a folder
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "fffcpu", site / "fffcpu", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [site, *site.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    code = ("import numba, numpy as np, fffcpu\n"
+            "from fffcpu.kernels.optim import adam_step\n"
+            "p = np.zeros(3); adam_step(p, np.ones(3), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.999, 1.0, 1e-8, 0.0)\n"
+            "print(numba.config.CACHE_DIR, p[0] < 0)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(HOME=str(tmp_path / "no-home"), XDG_CACHE_HOME=str(tmp_path / "no-home" / ".cache"),
+               PYTHONPATH=str(site), TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "no-home").mkdir(mode=0o555)
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:  # root writes anywhere: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions cannot be made to apply")
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--"] + command
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    finally:
+        for path in [site, *site.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    assert result.returncode == 0, result.stderr
+    cache, ran = result.stdout.split()
+    assert cache.startswith(str(tmp_path / "tmp")) and "fffcpu-numba-cache" in cache and ran == "True"
+
+
+def test_the_wheel_carries_the_license_and_the_readme_and_the_sdist_no_test_suite(tmp_path):
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT / "fffcpu", source / "fffcpu", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(ROOT / name, source / name)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        pytest.skip(f"cannot build a wheel here: {result.stderr.strip()[-200:]}")
+    (wheel,) = tmp_path.glob("fffcpu-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        metadata = z.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "Description-Content-Type: text/markdown" in metadata and "# fffcpu" in metadata
+    assert {n.split("/")[0] for n in names} == {"fffcpu", wheel.name.split("-py3")[0] + ".dist-info"}
+    manifest = (ROOT / "MANIFEST.in").read_text()
+    assert "prune tests" in manifest  # tests/ needs the repository (naive.py, benchmarks/): not in the sdist

@@ -209,3 +209,25 @@ def test_train_defaults_to_hard_training_and_reports_the_leaves_used():
     result = run_cli("train", "--data", "digits", "--quiet", "--training", "sharpened", "--epochs", "20")
     soft_acc, hard_acc = map(float, re.search(r"test accuracy: +soft ([\d.]+), hard ([\d.]+)", result.stdout).groups())
     assert result.returncode == 0 and abs(soft_acc - hard_acc) < 0.02  # the soft model ends as the hard one
+
+
+def test_idx_data_with_half_a_test_set_is_refused(tmp_path):
+    from test_datasets import write_idx, write_mnist
+
+    write_mnist(tmp_path, "train", n=20)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((5, 4, 3), np.uint8))  # no t10k labels
+    result = run_cli("train", "--data", f"idx:{tmp_path}", "--epochs", "1", "--quiet")
+    assert result.returncode == 1 and "no t10k labels file" in result.stderr
+
+
+def test_train_takes_a_test_count_and_refuses_fractional_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    data = tmp_path / "d.npz"
+    np.savez(data, X=X, y=(X[:, 0] > 0).astype(float) + 0.5)
+    result = run_cli("train", "--data", f"npz:{data}", "--quiet")
+    assert result.returncode == 1
+    assert "y must hold integer class labels 0, 1, ..., got non-integer values" in result.stderr
+    np.savez(data, X=X, y=(X[:, 0] > 0).astype(int))
+    result = run_cli("train", "--data", f"npz:{data}", "--quiet", "--epochs", "1", "--test-size", "15")
+    assert result.returncode == 0, result.stderr

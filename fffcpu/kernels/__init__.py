@@ -4,4 +4,36 @@
 the NumPy references are the ``*_reference`` methods of the models and ``tests/naive.py``.
 Importing this package compiles nothing: kernels compile (or load from Numba's on-disk cache) on first use
 or in ``fffcpu.warmup()``.
+
+Every kernel is declared with ``cache=True``, and Numba refuses such a declaration when it finds no folder to
+cache in: neither a writable ``__pycache__`` beside the module nor a user cache folder (``~/.cache/numba``), as
+for a read-only install run by an account without a writable home. ``_ensure_cache_dir`` then points Numba's
+cache to a folder in the temporary directory, unless ``NUMBA_CACHE_DIR`` chooses one.
 """
+
+import os
+import tempfile
+
+import numba
+
+
+def _writable(path: str) -> bool:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK | os.X_OK)
+
+
+def _ensure_cache_dir() -> None:
+    if numba.config.CACHE_DIR or _writable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")):
+        return
+    from numba.misc.appdirs import AppDirs
+
+    if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
+        return
+    user = os.getuid() if hasattr(os, "getuid") else "user"
+    numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"fffcpu-numba-cache-{user}")
+
+
+_ensure_cache_dir()
