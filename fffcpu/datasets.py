@@ -80,7 +80,10 @@ def _finish(X: np.ndarray, y: np.ndarray, rng: np.random.Generator, noise: float
     order = rng.permutation(len(y))
     X = np.asarray(X[order], dtype=np.float64)
     if noise > 0:
-        X = X + rng.normal(scale=noise, size=X.shape)
+        with np.errstate(over="ignore"):
+            X = X + rng.normal(scale=noise, size=X.shape)
+        if not np.isfinite(X).all():
+            raise ValueError(f"noise={noise:g} makes the points overflow float64: give a smaller noise")
     return np.ascontiguousarray(X), y[order].astype(np.int64)
 
 
@@ -373,7 +376,7 @@ def load_idx(path):
         If the magic bytes or type code are wrong, or the data are shorter or
         longer than the header declares.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(os.fspath(path))  # (bytes paths as well)
     data = _read_maybe_gzipped(path)
     if len(data) < 4 or data[:2] != b"\x00\x00":
         raise ValueError(

@@ -1,6 +1,7 @@
 """Tests for fffcpu.datasets: synthetic sets, packaged data, IDX reading and splitting."""
 
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -411,3 +412,10 @@ def test_train_test_split_says_stratify_takes_a_bool():
     X, y = np.zeros((10, 2)), np.arange(10) % 2
     with pytest.raises(TypeError, match="stratify must be True or False .* got ndarray"):
         datasets.train_test_split(X, y, stratify=y)
+
+
+def test_noise_that_overflows_and_bytes_paths(tmp_path):
+    with pytest.raises(ValueError, match="noise=1e\\+308 makes the points overflow float64"):
+        datasets.two_moons(50, noise=1e308, seed=0)
+    path = write_idx(tmp_path / "a-idx1-ubyte", np.arange(5, dtype=np.uint8))
+    np.testing.assert_array_equal(datasets.load_idx(os.fsencode(path)), np.arange(5))
