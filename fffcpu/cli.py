@@ -114,7 +114,8 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
 
     ``idx:DIR`` reads MNIST/Fashion-MNIST files (``train-*`` as training set, ``t10k-*`` as test set when present).
     ``npz:FILE`` reads arrays ``X`` and ``y`` (and ``X_test``, ``y_test`` when present).
-    Without a separate test set, a stratified ``test_size`` split is taken with ``seed``.
+    Without a separate test set, a ``test_size`` split is taken with ``seed`` (``datasets.train_test_split``:
+    stratified by class for integer labels).
 
     Returns
     -------
