@@ -346,7 +346,21 @@ def test_a_read_only_install_without_a_writable_home_imports_and_caches_in_the_t
             path.chmod(path.stat().st_mode | 0o200)
     assert result.returncode == 0, result.stderr
     cache, ran = result.stdout.split()
-    assert cache.startswith(str(tmp_path / "tmp")) and "fffcpu-numba-cache" in cache and ran == "True"
+    assert cache == str(tmp_path / "tmp" / f"fffcpu-numba-cache-{os.getuid()}") and ran == "True"
+    if os.geteuid() == 0:  # the same folder name taken by another user: a new folder of this process instead
+        shutil.rmtree(cache)
+        os.mkdir(cache, mode=0o755)
+        os.chown(cache, 65534, 65534)
+        for path in [site, *site.rglob("*")]:
+            path.chmod(path.stat().st_mode & ~0o222)
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+        finally:
+            for path in [site, *site.rglob("*")]:
+                path.chmod(path.stat().st_mode | 0o200)
+        assert result.returncode == 0, result.stderr
+        other, ran = result.stdout.split()
+        assert other != cache and os.path.basename(other).startswith("fffcpu-numba-cache-") and ran == "True"
 
 
 def test_the_wheel_carries_the_license_and_the_readme_and_the_sdist_no_test_suite(tmp_path):

@@ -33,7 +33,13 @@ def _ensure_cache_dir() -> None:
     if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
         return
     user = os.getuid() if hasattr(os, "getuid") else "user"
-    numba.config.CACHE_DIR = os.path.join(tempfile.gettempdir(), f"fffcpu-numba-cache-{user}")
+    folder = os.path.join(tempfile.gettempdir(), f"fffcpu-numba-cache-{user}")
+    try:  # the folder of a previous run, if this user owns it; else a new one of this process's
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        owned = not hasattr(os, "getuid") or os.stat(folder).st_uid == os.getuid()
+    except OSError:
+        owned = False
+    numba.config.CACHE_DIR = folder if owned and _writable(folder) else tempfile.mkdtemp(prefix="fffcpu-numba-cache-")
 
 
 _ensure_cache_dir()
