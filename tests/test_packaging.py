@@ -317,13 +317,24 @@ def test_ci_run_is_executable():
     assert os.access(CI_RUN, os.X_OK)
 
 
+def _run_read_only(site: Path, command: list, env: dict, cwd: Path) -> tuple:
+    """Run ``command`` with every file under ``site`` read-only; its two printed words."""
+    for path in [site, *site.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
+    finally:
+        for path in [site, *site.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    assert result.returncode == 0, result.stderr
+    return tuple(result.stdout.split())
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
 def test_a_read_only_install_without_a_writable_home_imports_and_caches_in_the_temporary_folder(tmp_path):
     # Numba refuses a cache=True kernel when it has nowhere to cache: the package must find it a folder
     site = tmp_path / "site"
     shutil.copytree(ROOT / "fffcpu", site / "fffcpu", ignore=shutil.ignore_patterns("__pycache__"))
-    for path in [site, *site.rglob("*")]:
-        path.chmod(path.stat().st_mode & ~0o222)
     code = ("import numba, numpy as np, fffcpu\n"
             "from fffcpu.kernels.optim import adam_step\n"
             "p = np.zeros(3); adam_step(p, np.ones(3), np.zeros(3), np.zeros(3), 0.1, 0.9, 0.999, 1.0, 1e-8, 0.0)\n"
@@ -339,27 +350,13 @@ def test_a_read_only_install_without_a_writable_home_imports_and_caches_in_the_t
             pytest.skip("running as root without setpriv: file permissions cannot be made to apply")
         caps = "-dac_override,-dac_read_search"
         command = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--"] + command
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-    finally:
-        for path in [site, *site.rglob("*")]:
-            path.chmod(path.stat().st_mode | 0o200)
-    assert result.returncode == 0, result.stderr
-    cache, ran = result.stdout.split()
+    cache, ran = _run_read_only(site, command, env, tmp_path)
     assert cache == str(tmp_path / "tmp" / f"fffcpu-numba-cache-{os.getuid()}") and ran == "True"
     if os.geteuid() == 0:  # the same folder name taken by another user: a new folder of this process instead
         shutil.rmtree(cache)
         os.mkdir(cache, mode=0o755)
         os.chown(cache, 65534, 65534)
-        for path in [site, *site.rglob("*")]:
-            path.chmod(path.stat().st_mode & ~0o222)
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-        finally:
-            for path in [site, *site.rglob("*")]:
-                path.chmod(path.stat().st_mode | 0o200)
-        assert result.returncode == 0, result.stderr
-        other, ran = result.stdout.split()
+        other, ran = _run_read_only(site, command, env, tmp_path)
         assert other != cache and os.path.basename(other).startswith("fffcpu-numba-cache-") and ran == "True"
 
 
