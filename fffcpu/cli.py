@@ -154,9 +154,9 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
 def _open_npz(path: str, needed: str):
     """``np.load`` of an .npz file (arrays only, never pickles), or a ``ValueError`` that says what ``path`` holds
     instead and what was ``needed``."""
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):  # zip (.npz) or .npy
+    from .io import file_start
+
+    if not file_start(path)[1]:
         raise ValueError(f"{path!r} is neither an .npz nor an .npy file; {needed}")
     try:
         data = np.load(path, allow_pickle=False)

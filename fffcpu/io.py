@@ -26,6 +26,17 @@ _ZIP_MAGIC = b"PK\x03\x04"  # the start of an .npz file (a zip archive)
 _NPY_MAGIC = b"\x93NUMPY"  # the start of an .npy file (one array)
 
 
+def file_start(path: str, action: str = "read") -> tuple[bytes, bool]:
+    """The first 8 bytes of ``path`` and whether they start an .npz (zip) or .npy file, what ``np.load`` reads
+    without pickles; an unreadable file raises ``PermissionError``: "cannot {action} {path!r}: ..."."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(8)
+    except PermissionError as err:
+        raise PermissionError(err.errno, f"cannot {action} {path!r}: {err.strerror}") from None
+    return start, start.startswith(_ZIP_MAGIC) or start.startswith(_NPY_MAGIC)
+
+
 def save(model, path) -> str:
     """Write ``model`` to ``path`` (``.npz`` is appended if missing); returns the path written.
 
@@ -137,14 +148,10 @@ def load(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot load {path!r}: it is a folder, not a model file")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(8)
-    except PermissionError as err:
-        raise PermissionError(err.errno, f"cannot load {path!r}: {err.strerror}") from None
-    if not magic.startswith(_ZIP_MAGIC) and not magic.startswith(_NPY_MAGIC):
+    start, numpy_file = file_start(path, "load")
+    if not numpy_file:
         raise ValueError(f"{path!r} is not a readable fffcpu model file: an fffcpu model is an .npz (zip) file, "
-                         f"and this one starts with {magic[:8]!r}")
+                         f"and this one starts with {start!r}")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy file: one array, no model
