@@ -30,6 +30,24 @@ def _median_seconds(f, repeats: int = 7, pause: float = PAUSE) -> float:
     return float(np.median(times))
 
 
+def _load_kernels(dtype, out) -> None:
+    """``warmup(dtype)``, announced and timed on ``out`` (None: silently).
+
+    Called before training, so that the first epoch's progress bar does not count the compilation: about half a
+    minute on the first run; later runs load the kernels from Numba's on-disk cache in a fraction of a second.
+    """
+    from . import warmup
+
+    if out is None:
+        warmup(dtype)
+        return
+    print("loading the hard-inference kernels (Numba compiles them on the first run only) ...", end=" ", file=out,
+          flush=True)
+    start = time.perf_counter()
+    warmup(dtype)
+    print(f"{time.perf_counter() - start:.1f} s", file=out)
+
+
 def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdout) -> dict:
     """Train a dense FF of width 128 and three FFFs of training width 128 on digits and compare them.
 
@@ -51,7 +69,9 @@ def demo(*, epochs: int = 40, seed: int = 0, progress: bool = True, out=sys.stdo
 
     X, y = load_digits()
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, seed=seed)
-    print(f"digits: {len(X_train)} training and {len(X_test)} test images of 8x8 pixels, 10 classes\n", file=out)
+    print(f"digits: {len(X_train)} training and {len(X_test)} test images of 8x8 pixels, 10 classes", file=out)
+    _load_kernels("float32", out)
+    print(file=out)
 
     models = {  # name: (model, hardening, sharpening)
         "FF width 128": (FF(64, 128, 10, seed=seed), 0.0, None),
@@ -242,6 +262,8 @@ def _train_command(args) -> None:
         sharpening = sharpening_ramp(4096.0, args.epochs)
     if not args.quiet:
         print(f"{model.summary()}\n{len(X_train)} training and {len(X_test)} test samples", file=sys.stderr)
+    if args.model == "fff":
+        _load_kernels(model.dtype, None if args.quiet else sys.stderr)
     history = train(model, X_train, y_train, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
                     batch_size=args.batch_size, hardening=hardening, sharpening=sharpening,
                     validation=(X_test, y_test),

@@ -53,6 +53,24 @@ def test_demo_prints_the_comparison_table():
         assert len(re.findall(r"\d+\.\d%", row)) == 2  # soft and hard accuracy
 
 
+def test_demo_compiles_the_kernels_before_training(monkeypatch):
+    # The compilation (about half a minute on a first run) is announced and timed before any progress bar starts.
+    pytest.importorskip("sklearn")
+    import io
+
+    import fffcpu
+    from fffcpu import cli
+
+    events = []
+    real_train = fffcpu.train
+    monkeypatch.setattr(fffcpu, "warmup", lambda *dtypes: events.append(("warmup", dtypes)))
+    monkeypatch.setattr(fffcpu, "train", lambda *a, **k: events.append("train") or real_train(*a, **k))
+    out = io.StringIO()
+    cli.demo(epochs=1, progress=False, out=out)
+    assert events[0] == ("warmup", ("float32",)) and events[1:] == ["train"] * 4
+    assert re.search(r"loading the hard-inference kernels .* \d+\.\d s\n", out.getvalue())
+
+
 def test_throughput_is_timed_after_blas_threads_went_idle(monkeypatch):
     from fffcpu import cli
 
@@ -130,6 +148,8 @@ def test_train_on_idx_files_uses_t10k_as_test_set(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "60 training and 20 test samples" in result.stderr  # t10k files became the test set
     assert "training" in result.stderr  # progress bar without --quiet
+    # the kernels are loaded (compiled on a first run) before the progress bar starts, with the time it took
+    assert re.search(r"loading the hard-inference kernels .* \d+\.\d s\n\s*training", result.stderr)
 
 
 def test_console_script_is_installed():
