@@ -56,7 +56,7 @@ from ._validation import as_array, check_dtype, check_fits_in_memory, is_valid_i
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
-           "resolve_n_jobs", "num_threads", "route", "predict", "is_ready", "predict_small", "route_small",
+           "resolve_n_jobs", "num_threads", "route", "route_flipped", "predict", "is_ready", "predict_small", "route_small",
            "leaf_outputs", "choose_method", "sample_work", "serial_rows", "refuse_huge_batch", "threading_layer",
            "warmup"]
 
@@ -215,6 +215,25 @@ def route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: str 
     return leaves
 
 
+def route_flipped(x, node_weights, node_biases, depth: int, flips=None) -> np.ndarray:
+    """Leaf ids as ``route`` gives them (the same logits, bit for bit), each node's decision swapped where
+    ``flips`` (bool, shape (n, 2**depth - 1); region leak) is True.
+
+    For the training forward: it runs on the calling thread, between the BLAS calls of a training step, where a
+    parallel launch would compete with BLAS threads still spinning. ``x`` must already have
+    ``node_weights.shape[1]`` columns; it is made C-contiguous in the parameters' dtype.
+    """
+    x = _contiguous(x, node_weights.dtype)
+    n = x.shape[0]
+    leaves = np.zeros(n, dtype=np.int64)
+    if n == 0 or depth == 0:
+        return leaves
+    has_flips = flips is not None
+    flips = np.ascontiguousarray(flips, dtype=np.bool_) if has_flips else np.zeros((1, 1), dtype=np.bool_)
+    _k._route_flipped(x, node_weights, node_biases, depth, flips, has_flips, leaves)
+    return leaves
+
+
 def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method: str = "auto",
             out=None) -> np.ndarray:
     """Hard FFF output (n, output_width): route each row of ``x``, evaluate that leaf, b2 included.
@@ -364,3 +383,5 @@ def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
             route_method = method if method != "grouped" else "parallel"
             leaves = route(x, params["node_weights"], params["node_biases"], d, method=route_method)
             leaf_outputs(x, leaves, params, "relu", method=method)
+        for flips in (None, np.zeros((len(x), 1), dtype=bool)):  # the training forward's routing
+            route_flipped(x, params["node_weights"], params["node_biases"], d, flips)

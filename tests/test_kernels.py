@@ -40,6 +40,7 @@ def all_paths(model, x):
     p = model.params
     outs = {m: engine.predict(x, p, model.depth, model.activation, method=m) for m in PATHS}
     routes = {m: engine.route(x, p["node_weights"], p["node_biases"], model.depth, method=m) for m in ("serial", "parallel")}
+    routes["training"] = engine.route_flipped(x, p["node_weights"], p["node_biases"], model.depth)
     return outs, routes
 
 
@@ -63,6 +64,28 @@ def test_every_path_matches_reference(depth, n, dtype):
         np.testing.assert_array_equal(leaves, routes["serial"])
     np.testing.assert_array_equal(model.route(x), routes["serial"])
     np.testing.assert_array_equal(model.predict(x), outs["serial"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", [1, 2, 5, 9])
+def test_training_routing_applies_region_leak_flips(depth, dtype):
+    model, rng = random_model(depth, dtype, seed=3)
+    x = rng.normal(size=(500, model.input_width)).astype(dtype)
+    flips = rng.random((500, model.n_nodes)) < 0.3
+    w, b = (model.params[k].astype(np.float64) for k in ("node_weights", "node_biases"))
+    node, margin = np.zeros(500, dtype=np.int64), np.full(500, np.inf)
+    rows = np.arange(500)
+    for _ in range(depth):  # the NumPy walk, each decision swapped where flips says so
+        logit = np.einsum("bi,bi->b", x.astype(np.float64), w[node]) + b[node]
+        margin = np.minimum(margin, np.abs(logit))
+        node = 2 * node + 1 + ((logit >= 0) ^ flips[rows, node])
+    leaves = engine.route_flipped(x, model.params["node_weights"], model.params["node_biases"], depth, flips)
+    clear = margin > 1e-4
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(leaves[clear], (node - model.n_nodes)[clear])
+    none = engine.route_flipped(x, model.params["node_weights"], model.params["node_biases"], depth,
+                                np.zeros_like(flips))
+    np.testing.assert_array_equal(none, model.route(x))  # no flips: route's bits
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

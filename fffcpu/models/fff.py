@@ -300,7 +300,7 @@ class FFF(Model):
             chunk_size = max(1, min(chunk_size, total // 4 // self._forward_bytes_per_sample()))
         out = np.empty((len(x), self.output_width), dtype=self.dtype)
         for start in range(0, len(x), chunk_size):
-            cache = self._soft_forward(x[start:start + chunk_size], flips=None, hard=False)
+            cache = self._soft_forward(x[start:start + chunk_size], flips=None, hard=False, paths=False)
             out[start:start + chunk_size] = cache["y"]
         return out
 
@@ -346,14 +346,23 @@ class FFF(Model):
         self._count_usage(self._cache)
         return self._cache["y"]
 
-    def _soft_forward(self, x, *, flips, hard: bool) -> dict:
+    def _soft_forward(self, x, *, flips, hard: bool, paths: bool = True) -> dict:
+        """The training forward's arrays; ``paths``: also the hard paths (``leaves``: the usage counts need them,
+        the hard mixture follows them), which ``predict_soft`` does without."""
         p = self.params
         n, d, width = len(x), self.depth, self.leaf_width
         logits = x @ p["node_weights"].T + p["node_biases"]  # (n, n_nodes)
+        # Each sample's hard path (region leak applied) with the logits of the routing kernel, bit for bit: the
+        # matrix product above sums in another order, and a logit within rounding of 0 could fall on the other
+        # side of it there than in ``route`` and ``predict``.
+        leaves = engine.route_flipped(x, p["node_weights"], p["node_biases"], d, flips) if paths or hard else None
         if hard:
             decisions = logits >= 0
             if flips is not None:
                 decisions ^= flips
+            rows = np.arange(n)
+            for level, node in enumerate(self._path_nodes(leaves)):  # the path's decisions: the kernel's
+                decisions[rows, node] = (leaves >> (d - 1 - level)) & 1
             right = decisions.astype(self.dtype)  # the "probability" of going right is 0 or 1
         else:
             right = sigmoid(logits)
@@ -375,33 +384,27 @@ class FFF(Model):
         mixed_hidden = (hidden.reshape(n, self.n_leaves, width) * mixture[:, :, None]).reshape(n, self.training_width)
         y = mixed_hidden @ p["w2s"].reshape(self.training_width, self.output_width) + mixture @ p["b2s"]
         if hard:
-            # The same leaf evaluation as predict, so hard training forward and hard inference agree exactly.
-            leaves = self._leaves_from_decisions(right > 0)
+            # The same routing and leaf evaluation as predict, so hard training forward and hard inference agree
+            # exactly.
             y = self._hard_outputs(x, leaves)
         return {
-            "x": x, "logits": logits, "right": right, "flips": flips, "reach_levels": reach_levels,
+            "x": x, "logits": logits, "right": right, "flips": flips, "leaves": leaves, "reach_levels": reach_levels,
             "w1_flat": w1_flat, "pre": pre, "hidden": hidden,
             "mixed_hidden": mixed_hidden, "y": y,
         }
 
-    def _leaves_from_decisions(self, decisions: np.ndarray) -> np.ndarray:
-        """Leaf ids from per-node hard decisions (n, n_nodes), following each sample's own path."""
-        n = len(decisions)
-        node = np.zeros(n, dtype=np.int64)
-        rows = np.arange(n)
-        for _ in range(self.depth):
-            node = 2 * node + 1 + decisions[rows, node]
-        return node - self.n_nodes
+    def _path_nodes(self, leaves: np.ndarray) -> list:
+        """The inner node each sample passes at each level on its way to ``leaves``, root first (``depth``
+        arrays of shape (n,))."""
+        d = self.depth
+        return [((leaves + (1 << d)) >> (d - level)) - 1 for level in range(d)]
 
     def _count_usage(self, cache: dict) -> None:
         nodes = self.n_nodes
         reach = np.concatenate(cache["reach_levels"], axis=1)  # (n, 2**(d+1) - 1): every node, then leaves
         self.batch_usage["node_soft"] = reach[:, :nodes].sum(axis=0, dtype=np.float64)
         self.batch_usage["leaf_soft"] = reach[:, nodes:].sum(axis=0, dtype=np.float64)
-        decisions = cache["logits"] >= 0
-        if cache["flips"] is not None:
-            decisions ^= cache["flips"]
-        leaves = self._leaves_from_decisions(decisions)
+        leaves = cache["leaves"]
         leaf_hard = np.bincount(leaves, minlength=self.n_leaves).astype(np.float64)
         # A node's hard count is the sum of the hard counts of the leaves below it.
         node_hard = np.zeros(nodes)
