@@ -135,7 +135,7 @@ VARIANTS = {
     "region leak 0.1": {"region_leak": 0.1},
     "leak + h mean 3": {"region_leak": 0.1, "hardening": ("mean", 3.0)},
     "localized + h mean 3": {"optimizer": "local_sgd", "hardening": ("mean", 3.0)},
-    "hard training": {"train_hardened": True},
+    "hard training": {"train_hardened": True, "straight_through": False},
     "straight-through + h mean 3": {"train_hardened": True, "straight_through": True, "hardening": ("mean", 3.0)},
     "Adam + straight-through + h mean 3": {"optimizer": "adam", "lr": 3e-3, "train_hardened": True,
                                            "straight_through": True, "hardening": ("mean", 3.0)},

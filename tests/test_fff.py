@@ -226,7 +226,7 @@ def test_region_leak_is_seeded_and_changes_training_forward_only():
 
 
 def test_plain_hard_training_gives_nodes_only_the_hardening_gradient():
-    model = FFF(4, 3, 3, 3, train_hardened=True, dtype="float64", seed=13)
+    model = FFF(4, 3, 3, 3, train_hardened=True, straight_through=False, dtype="float64", seed=13)
     rng = np.random.default_rng(13)
     x = rng.normal(size=(6, 4))
     labels = rng.integers(0, 3, size=6)
@@ -235,6 +235,20 @@ def test_plain_hard_training_gives_nodes_only_the_hardening_gradient():
     model.forward(x)
     model.backward(cross_entropy_grad(model.forward(x), labels), hardening=0.0)
     assert not model.grads["node_weights"].any()
+
+
+def test_hard_training_gives_nodes_the_prediction_gradient_by_default(tmp_path):
+    # Spec §4: the PyTorch package's hard training gives node weights no gradient from the prediction loss.
+    model = FFF(4, 3, 3, 3, train_hardened=True, seed=13)
+    assert model.straight_through and not FFF(4, 3, 3, 3).straight_through
+    x = np.random.default_rng(13).normal(size=(32, 4)).astype(np.float32)
+    model.backward(ce_loss(np.arange(32) % 3)[1](model.forward(x)))  # no hardening term
+    assert np.abs(model.grads["node_weights"]).max() > 1e-3
+    paper = FFF(4, 3, 3, 3, train_hardened=True, straight_through=False, seed=13)  # the paper's version, on demand
+    paper.backward(ce_loss(np.arange(32) % 3)[1](paper.forward(x)))
+    assert not paper.grads["node_weights"].any()
+    fffcpu.save(paper, tmp_path / "paper.npz")
+    assert fffcpu.load(tmp_path / "paper.npz").straight_through is False
 
 
 def test_straight_through_gradients():

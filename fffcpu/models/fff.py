@@ -51,12 +51,13 @@ class FFF(Model):
         mixture weights (p becomes 1 - p). Drawn from the model's seeded generator.
     train_hardened : bool
         If True the training forward routes hard, exactly as ``predict`` (logit >= 0 goes right), as the
-        paper's hard training. Node weights then receive gradient only from the hardening term, unless
-        ``straight_through`` is set.
-    straight_through : bool
+        paper's hard training.
+    straight_through : bool or None
         With ``train_hardened=True``: the backward pass treats each hard decision as if it were
         p = σ(z) (straight-through estimator), so node weights keep learning from the prediction loss.
-        (The PyTorch package rounds p and gives node weights no gradient at all.)
+        None (the default) means True with ``train_hardened=True`` and False without (where True is refused).
+        ``False`` with hard training is the paper's version, as the PyTorch package (which rounds p): node weights
+        then receive gradient only from the hardening term.
     dtype : {"float32", "float64"}
     seed : int or None
         Seeds the initialisation and the region-leak draws.
@@ -90,7 +91,7 @@ class FFF(Model):
         activation: str = "relu",
         region_leak: float = 0.0,
         train_hardened: bool = False,
-        straight_through: bool = False,
+        straight_through: bool | None = None,
         dtype="float32",
         seed=None,
     ):
@@ -106,7 +107,8 @@ class FFF(Model):
         self._act, self._act_grad = get_activation(activation)
         self.region_leak = check_probability(region_leak, "region_leak")
         train_hardened = check_bool(train_hardened, "train_hardened")
-        straight_through = check_bool(straight_through, "straight_through")
+        straight_through = (train_hardened if straight_through is None
+                            else check_bool(straight_through, "straight_through"))
         if straight_through and not train_hardened:
             raise ValueError("straight_through=True only applies to hard training: also pass train_hardened=True")
         self.train_hardened = train_hardened
