@@ -257,9 +257,10 @@ _ATTRIBUTES = """\
 class FFFClassifier(ClassifierMixin, _FFFModel, _Estimator):
     __doc__ = f"""Classifier on a fast feedforward network (``fffcpu.FFF``, arXiv 2308.14711).
 
-    Trained soft with softmax cross-entropy (every leaf evaluated, mixed by the routing probabilities);
-    predicts hard (one leaf per sample). Labels may be any sortable values (ints, strings); they are mapped
-    to 0..k-1 in the order of ``classes_``.
+    Trained with softmax cross-entropy, by default hard (each sample routed to one leaf as in prediction, the
+    nodes learning through straight-through gradients; ``train_hardened=False`` trains the paper's soft mixture
+    of every leaf); predicts hard (one leaf per sample). Labels may be any sortable values (ints, strings);
+    they are mapped to 0..k-1 in the order of ``classes_``.
 
     Parameters
     ----------
@@ -516,14 +517,17 @@ class _Regression(RegressorMixin, _Estimator):
 class FFFRegressor(_FFFModel, _Regression):
     __doc__ = f"""Regressor on a fast feedforward network (``fffcpu.FFF``, arXiv 2308.14711).
 
-    Trained soft with the mean squared error (``fffcpu.functional.mean_squared_error``); predicts hard (one
+    Trained with the mean squared error (``fffcpu.functional.mean_squared_error``), by default hard (each sample
+    routed to one leaf as in prediction, with straight-through gradients for the nodes); predicts hard (one
     leaf per sample). Targets of shape (n,) or (n, k). The targets are used as given: scale them to unit
     variance (e.g. with ``sklearn.compose.TransformedTargetRegressor``) when they are large.
 
-    On smooth targets the hard prediction of a soft-trained tree can lag its soft mixture (``history_``
-    shows both, ``train_mse_hard`` and ``train_mse_soft``): each leaf learns to be right *mixed with its
-    neighbours*. ``train_hardened=True, straight_through=True`` trains exactly the function ``predict``
-    computes (on sin(2x) over [-2, 2]: mean squared error 0.003 instead of 0.06 after 30 epochs).
+    On smooth targets the hard prediction of a soft-trained tree (``train_hardened=False``) can lag its soft
+    mixture (``history_`` shows both, ``train_mse_hard`` and ``train_mse_soft``): each leaf learns to be right
+    *mixed with its neighbours*. Hard training, the default, trains exactly the function ``predict`` computes.
+    On sin(2x) over [-2, 2] (400 samples, 30 epochs, the other parameters at their defaults) the hard prediction
+    had a mean squared error of 0.003 after hard training; after soft training 3.3 without hardening (its soft
+    mixture: 0.001) and 0.04 with ``hardening=1``.
 
     Parameters
     ----------
