@@ -57,8 +57,8 @@ from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
            "resolve_n_jobs", "num_threads", "route", "route_flipped", "predict", "is_ready", "predict_small",
-           "route_small", "leaf_outputs", "choose_method", "sample_work", "serial_rows", "refuse_huge_batch", "threading_layer",
-           "warmup"]
+           "route_small", "leaf_outputs", "choose_method", "sample_work", "serial_rows", "refuse_huge_batch",
+           "threading_layer", "warmup"]
 
 METHODS = ("auto", "serial", "parallel", "grouped")
 #: Batches up to this size run on the calling thread ("serial") ...
