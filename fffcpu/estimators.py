@@ -229,8 +229,9 @@ _LOCAL_NOTE = """\
 
 _LOCAL_PARAMS = """\
     local_batch_size : float or None, default=None
-        For the ``local_*`` optimizers: the usage a node or leaf must accumulate before it is updated.
-        None means ``batch_size``.
+        For the ``local_*`` optimizers: the usage a node or leaf must accumulate before it is updated (its
+        accumulated gradient is then rescaled by ``local_batch_size / usage``). None means ``batch_size``: each
+        update is then the mean gradient of the samples that reached the block.
     usage_counts : {"soft", "hard"}, default="soft"
         For the ``local_*`` optimizers: count usage as summed reach probabilities or as hard paths.
 """

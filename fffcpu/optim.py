@@ -166,14 +166,15 @@ class Localized:
 
     Notes
     -----
-    ``step(grads, usage, n_samples)`` takes batch-mean gradients. Per block it accumulates
-    ``n_samples · grad`` (the sum over samples of their contributions) and the usage; a block whose usage
-    reaches ``local_batch_size`` is updated with ``accumulated / usage``, the mean contribution of the
-    samples that reached it, and its accumulators restart from zero. With constant batches of size B
-    this is the spec's "accumulated gradient rescaled by B / usage". The hardening term is a mean over every
-    sample and every node, reached or not (``FFF.hardening_loss``): its part of a node's accumulated gradient
-    sums over all the samples of the batches, and is divided by the same usage, so with hardening > 0 a rarely
-    reached node gets a stronger hardening pull than its own samples' mean.
+    ``step(grads, usage)`` takes batch-mean gradients. Per block it accumulates them and the usage; a block
+    whose usage reaches ``local_batch_size`` is updated with ``accumulated · local_batch_size / usage`` (spec §1,
+    the PyTorch package's correction), and its accumulators restart from zero. With batches of B samples, that is
+    ``local_batch_size / B`` times the mean gradient of the samples that reached the block: with
+    ``local_batch_size = B`` (the default of the estimators and of ``fffcpu train``) exactly that mean, and in
+    general about the same learning rate per sample as a dense layer trained on the same batches. The hardening term is a mean over
+    every sample and every node, reached or not (``FFF.hardening_loss``): its part of a node's accumulated
+    gradient sums over all the samples of the batches, and is rescaled by the same usage, so with hardening > 0
+    a rarely reached node gets a stronger hardening pull than its own samples' mean.
     """
 
     def __init__(self, optimizer: Optimizer, blocks: dict, *, local_batch_size: float, counts: str = "soft"):
@@ -205,7 +206,7 @@ class Localized:
     def lr(self, value):
         self.optimizer.lr = check_positive_float(value, "lr")
 
-    def step(self, grads: dict, usage: dict, n_samples: int) -> dict:
+    def step(self, grads: dict, usage: dict) -> dict:
         """Accumulate this batch and update the blocks that are due.
 
         Parameters
@@ -214,8 +215,6 @@ class Localized:
             Batch-mean gradients (``model.grads``).
         usage : dict
             Block kind -> samples of this batch that reached each block (``model.block_usage(counts)``).
-        n_samples : int
-            Size of the batch the gradients are a mean over.
 
         Returns
         -------
@@ -228,10 +227,10 @@ class Localized:
         step_grads, rows = dict(grads), {}
         for name, kind in self.blocks.items():
             acc = self.accumulated[name]
-            acc += n_samples * grads[name]
+            acc += grads[name]
             shape = (-1,) + (1,) * (acc.ndim - 1)
-            mean = acc / np.maximum(self.pending[kind], 1e-300).reshape(shape)
-            step_grads[name] = mean.astype(grads[name].dtype, copy=False)
+            scale = self.local_batch_size / np.maximum(self.pending[kind], 1e-300)
+            step_grads[name] = (acc * scale.reshape(shape)).astype(grads[name].dtype, copy=False)
             rows[name] = due[kind]
             acc[due[kind]] = 0
         self.optimizer.step(step_grads, rows)

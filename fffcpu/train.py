@@ -158,8 +158,9 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     progress : bool
         Show a tqdm progress bar (``tqdm.auto``, so it renders in notebooks).
     local_batch_size, usage_counts
-        For the localized optimizers: the usage a block must accumulate before it is updated, and
-        whether usage counts soft reach probabilities or hard paths.
+        For the localized optimizers: the usage a block must accumulate before it is updated (its accumulated
+        gradient is then rescaled by ``local_batch_size / usage``: ``fffcpu.optim.Localized``), and whether usage
+        counts soft reach probabilities or hard paths.
     sharpening : float or callable, optional
         After each epoch's updates (before its evaluation), multiply the node weights and biases by this
         factor (``model.sharpen``; FFF only): hard routing keeps its decisions and the soft routing moves
@@ -269,7 +270,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                 np.copyto(snapshot[name], p)
             with np.errstate(over="ignore"):  # weights that overflow are caught by the next batch's checks
                 if localized:
-                    opt.step(model.grads, model.block_usage(opt.counts), len(rows))
+                    opt.step(model.grads, model.block_usage(opt.counts))
                 else:
                     opt.step(model.grads)
             total_loss += batch_loss * len(rows)

@@ -87,25 +87,26 @@ def fff_with_grads(seed=0):
     return model
 
 
-def test_localized_updates_only_due_blocks_with_their_mean_gradient():
+def test_localized_updates_only_due_blocks_with_their_rescaled_gradient():
     model = fff_with_grads()
     before = {k: v.copy() for k, v in model.params.items()}
     opt = LocalSGD(model.params, model.param_blocks, lr=1.0, local_batch_size=10)
     # Batch of 8 samples: nodes used 8, 5, 3 times; leaves 4, 1, 3, 0.
-    due = opt.step(model.grads, {"node": np.array([8.0, 5, 3]), "leaf": np.array([4.0, 1, 3, 0])}, n_samples=8)
+    due = opt.step(model.grads, {"node": np.array([8.0, 5, 3]), "leaf": np.array([4.0, 1, 3, 0])})
     assert not due["node"].any() and not due["leaf"].any()
     for k in before:
         np.testing.assert_array_equal(model.params[k], before[k])
-    # Second batch of 8: node 0 reaches 16 >= 10 and is updated with (8 g1 + 8 g2) / 16; leaf 0 reaches 4+6.
+    # Second batch of 8: node 0 reaches 16 >= 10 and is updated with (g1 + g2) · 10 / 16 (spec: the accumulated
+    # gradient rescaled by local_batch_size / usage); leaf 0 reaches 4 + 6 = 10: (g1 + g2) · 10 / 10.
     g1 = {k: v.copy() for k, v in model.grads.items()}
     g2 = {k: v * -0.5 for k, v in g1.items()}
-    due = opt.step(g2, {"node": np.array([8.0, 2, 6]), "leaf": np.array([6.0, 1, 1, 0])}, n_samples=8)
+    due = opt.step(g2, {"node": np.array([8.0, 2, 6]), "leaf": np.array([6.0, 1, 1, 0])})
     np.testing.assert_array_equal(due["node"], [True, False, False])
     np.testing.assert_array_equal(due["leaf"], [True, False, False, False])
-    expected_node0 = before["node_weights"][0] - (8 * g1["node_weights"][0] + 8 * g2["node_weights"][0]) / 16
+    expected_node0 = before["node_weights"][0] - (g1["node_weights"][0] + g2["node_weights"][0]) * 10 / 16
     np.testing.assert_allclose(model.params["node_weights"][0], expected_node0)
     np.testing.assert_array_equal(model.params["node_weights"][1:], before["node_weights"][1:])
-    expected_leaf0 = before["w2s"][0] - (8 * g1["w2s"][0] + 8 * g2["w2s"][0]) / 10
+    expected_leaf0 = before["w2s"][0] - (g1["w2s"][0] + g2["w2s"][0]) * 10 / 10
     np.testing.assert_allclose(model.params["w2s"][0], expected_leaf0)
     np.testing.assert_array_equal(model.params["w2s"][1:], before["w2s"][1:])
     # Updated blocks restart their accumulation; the others keep theirs.
@@ -116,12 +117,12 @@ def test_localized_updates_only_due_blocks_with_their_mean_gradient():
 def test_local_adam_leaves_moments_of_non_due_blocks_unchanged():
     model = fff_with_grads(1)
     opt = LocalAdam(model.params, model.param_blocks, lr=0.01, local_batch_size=4)
-    opt.step(model.grads, {"node": np.array([4.0, 4, 0]), "leaf": np.array([4.0, 0, 0, 0])}, n_samples=4)
+    opt.step(model.grads, {"node": np.array([4.0, 4, 0]), "leaf": np.array([4.0, 0, 0, 0])})
     adam = opt.optimizer
     assert adam.t["node_weights"].tolist() == [1, 1, 0] and adam.t["w1s"].tolist() == [1, 0, 0, 0]
     m_before = adam.m["w1s"].copy()
     v_before = adam.v["w1s"].copy()
-    opt.step(model.grads, {"node": np.array([4.0, 0, 0]), "leaf": np.array([0.0, 4, 0, 0])}, n_samples=4)
+    opt.step(model.grads, {"node": np.array([4.0, 0, 0]), "leaf": np.array([0.0, 4, 0, 0])})
     np.testing.assert_array_equal(adam.m["w1s"][0], m_before[0])  # not decayed while not due
     np.testing.assert_array_equal(adam.v["w1s"][0], v_before[0])
     assert adam.t["w1s"].tolist() == [1, 1, 0, 0]
@@ -136,7 +137,7 @@ def test_localized_with_batch_size_usage_every_step_equals_plain_optimizer():
     usage = {"node": np.full(3, 5.0), "leaf": np.full(4, 5.0)}
     for _ in range(3):
         plain.step(a.grads)
-        local.step(b.grads, usage, n_samples=5)
+        local.step(b.grads, usage)
     for k in a.params:
         np.testing.assert_allclose(b.params[k], a.params[k], rtol=1e-12)
 

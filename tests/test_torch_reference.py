@@ -137,3 +137,36 @@ def test_bad_state_dicts():
         FFF.from_fastfeedforward(dict(state, depth=np.array(3)))
     with pytest.raises(ValueError, match="not a power of two"):
         FFF.from_fastfeedforward(dict(state, w1s=np.zeros((3, 6, 2))))
+
+
+def test_local_sgd_rescales_the_accumulated_gradient_as_the_package():
+    # Spec §1: a block is updated once its usage reaches local_batch_size, with its accumulated gradient rescaled
+    # by local_batch_size / usage. The package's LocalSGD (without momentum, whose buffer lags a step there) does
+    # this with the gradients autograd accumulates until its zero_grad clears the updated blocks.
+    from fastfeedforward.optim import LocalSGD as PackageLocalSGD
+
+    from fffcpu.optim import LocalSGD
+
+    rng = np.random.default_rng(5)
+    start = {"w1s": rng.normal(size=(4, 3, 2)), "node_weights": rng.normal(size=(3, 5))}
+    kinds = {"w1s": "leaf", "node_weights": "node"}
+    ours = LocalSGD({k: v.copy() for k, v in start.items()}, kinds, lr=0.1, local_batch_size=6)
+    tensors = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in start.items()}
+    usage = {"leaf": torch.zeros(4, dtype=torch.float64), "node": torch.zeros(3, dtype=torch.float64)}
+    theirs = PackageLocalSGD([{"params": [tensors[k]], "usage": usage[kind], "local_batch_size": 6}
+                              for k, kind in kinds.items()], lr=0.1)
+    updated = 0
+    for _ in range(8):
+        grads = {k: rng.normal(size=v.shape) for k, v in start.items()}
+        batch_usage = {"leaf": rng.integers(0, 5, 4).astype(float), "node": rng.integers(0, 5, 3).astype(float)}
+        due = ours.step(grads, batch_usage)
+        updated += sum(int(d.sum()) for d in due.values())
+        for k, t in tensors.items():
+            t.grad = torch.from_numpy(grads[k]) if t.grad is None else t.grad + torch.from_numpy(grads[k])
+        for kind, u in usage.items():
+            u += torch.from_numpy(batch_usage[kind])
+        theirs.step()
+        theirs.zero_grad()
+        for k, t in tensors.items():
+            np.testing.assert_allclose(ours.params[k], t.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=k)
+    assert updated >= 4  # several blocks were due, at several usages above local_batch_size
