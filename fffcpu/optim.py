@@ -171,10 +171,10 @@ class Localized:
     the PyTorch package's correction), and its accumulators restart from zero. With batches of B samples, that is
     ``local_batch_size / B`` times the mean gradient of the samples that reached the block: with
     ``local_batch_size = B`` (the default of the estimators and of ``fffcpu train``) exactly that mean, and in
-    general about the same learning rate per sample as a dense layer trained on the same batches. The hardening term is a mean over
-    every sample and every node, reached or not (``FFF.hardening_loss``): its part of a node's accumulated
-    gradient sums over all the samples of the batches, and is rescaled by the same usage, so with hardening > 0
-    a rarely reached node gets a stronger hardening pull than its own samples' mean.
+    general about the same learning rate per sample as a dense layer trained on the same batches. The hardening
+    term is a mean over every sample and every node, reached or not (``FFF.hardening_loss``): its part of a node's
+    accumulated gradient sums over all the samples of the batches, and is rescaled by the same usage, so with
+    hardening > 0 a rarely reached node gets a stronger hardening pull than its own samples' mean.
     """
 
     def __init__(self, optimizer: Optimizer, blocks: dict, *, local_batch_size: float, counts: str = "soft"):
