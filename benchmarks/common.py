@@ -168,6 +168,36 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def source_revision() -> str:
+    """The fffcpu source the figures come from: its git commit (``-dirty`` with uncommitted changes), or its
+    version where it is not a git checkout."""
+    import subprocess
+
+    import fffcpu
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fffcpu.__file__)))
+    try:
+        commit = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"fffcpu {fffcpu.__version__} (not a git checkout)"
+    return f"fffcpu {fffcpu.__version__}, commit {commit}{'-dirty' if dirty else ''}"
+
+
+def blas_summary() -> str:
+    """NumPy's BLAS and the kernel it runs, e.g. ``OpenBLAS 0.3.30, kernel Haswell`` (threadpoolctl)."""
+    from threadpoolctl import threadpool_info
+
+    for lib in threadpool_info():
+        if lib.get("user_api") == "blas":
+            name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(lib.get("internal_api"),
+                                                                              lib.get("internal_api"))
+            return f"{name} {lib.get('version')}, kernel {lib.get('architecture')}"
+    return "no BLAS found by threadpoolctl"
+
+
 def machine_info(threads=THREADS) -> dict:
     """CPU, versions, BLAS (threadpoolctl: internal_api, architecture = kernel, threads), Numba threading layer."""
     import numba
@@ -177,6 +207,7 @@ def machine_info(threads=THREADS) -> dict:
     from fffcpu import engine
 
     info = {
+        "fffcpu source": source_revision(),
         "CPU": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
         "Python": platform.python_version(),
         "NumPy": np.__version__,
