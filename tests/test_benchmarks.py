@@ -228,3 +228,19 @@ def test_ab_measures_every_kind_and_compares_the_bits(kind):
     line = ab.format_line(kind, (3, 4, 40), ["HEAD", "."], base, summary, same)
     assert line.startswith(f"{kind} depth 3 leaf 4 batch 40: HEAD ") and ". " in line and "other bits" not in line
     assert "[other bits]" in ab.format_line(kind, (3, 4, 40), ["HEAD", "."], base, summary, [True, False])
+
+
+def test_reports_name_the_source_and_the_blas_kernel():
+    import subprocess
+
+    from benchmarks.common import blas_summary, machine_info, source_revision
+
+    revision = source_revision()
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if head.returncode == 0:
+        assert f"commit {head.stdout.strip()}" in revision
+    else:
+        assert "not a git checkout" in revision
+    assert machine_info()["fffcpu source"] == revision
+    assert "kernel" in blas_summary() or blas_summary() == "no BLAS found by threadpoolctl"
