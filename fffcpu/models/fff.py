@@ -356,10 +356,11 @@ class FFF(Model):
         p = self.params
         n, d, width = len(x), self.depth, self.leaf_width
         logits = x @ p["node_weights"].T + p["node_biases"]  # (n, n_nodes)
-        decisions = logits >= 0
-        if flips is not None:
-            decisions ^= flips
-        leaves = None
+        decisions, leaves = None, None
+        if hard or paths:
+            decisions = logits >= 0
+            if flips is not None:
+                decisions ^= flips
         if hard:
             # Each sample's hard path (region leak applied) with the logits of the routing kernel, bit for bit: the
             # matrix product above sums in another order, and a logit within rounding of 0 could fall on the other
