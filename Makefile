@@ -26,7 +26,7 @@ help:
 	@echo "  make demo    install fffcpu[data] into $(VENV) and run 'python -m fffcpu demo'"
 	@echo "  make test    install fffcpu[test] into $(VENV) and run pytest (PYTEST_ARGS=... to pass options)"
 	@echo "  make bench   install fffcpu[test] into $(VENV) and run the benchmarks (python -m benchmarks)"
-	@echo "  make reproduce  install fffcpu[data,viz] and rerun the paper reproduction (docs/reproduction.md, about 8 min on 2 cores)"
+	@echo "  make reproduce  install fffcpu[data,viz] and rerun the paper reproduction (docs/reproduction.md, 6-8 min on 2 cores)"
 	@echo "  make reproduce-quick  the reduced reproduction (< 3 min) into build/reproduction-quick/"
 	@echo "  make lab     install fffcpu[notebooks] into $(VENV) and start JupyterLab on notebooks/"
 	@echo "  make torch   add torch==$(TORCH_VERSION) and fastfeedforward==$(FASTFEEDFORWARD_VERSION) for the cross-check tests"
