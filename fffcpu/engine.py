@@ -228,9 +228,10 @@ def route_flipped(x, node_weights, node_biases, depth: int, flips=None) -> np.nd
     leaves = np.zeros(n, dtype=np.int64)
     if n == 0 or depth == 0:
         return leaves
-    has_flips = flips is not None
-    flips = np.ascontiguousarray(flips, dtype=np.bool_) if has_flips else np.zeros((1, 1), dtype=np.bool_)
-    _k._route_flipped(x, node_weights, node_biases, depth, flips, has_flips, leaves)
+    if flips is None:
+        _k._route_serial(x, node_weights, node_biases, depth, leaves)
+    else:
+        _k._route_flipped(x, node_weights, node_biases, depth, np.ascontiguousarray(flips, dtype=np.bool_), leaves)
     return leaves
 
 

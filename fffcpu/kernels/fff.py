@@ -785,18 +785,16 @@ def _route_parallel(x, node_weights, node_biases, depth, leaves):
 
 
 @njit(cache=True, nogil=True)
-def _route_flipped(x, node_weights, node_biases, depth, flips, has_flips, leaves):
-    """Serial routing for the training forward: the logits of ``_route_one``, each decision swapped where
-    ``flips[s, node]`` (region leak) when ``has_flips``. Without flips, the same leaves as every routing kernel."""
+def _route_flipped(x, node_weights, node_biases, depth, flips, leaves):
+    """Serial routing with the logits of ``_route_one``, each decision swapped where ``flips[s, node]`` (the
+    training forward's region leak)."""
     n_in = x.shape[1]
     for s in range(x.shape[0]):
         node = 0
         for _ in range(depth):
             logit = _dot(x, s * n_in, node_weights, node * n_in, n_in) + node_biases[node]
             right = logit >= 0  # NaN compares false: left
-            if has_flips and flips[s, node]:
-                right = not right
-            node = 2 * node + 1 + (1 if right else 0)
+            node = 2 * node + 1 + (1 if right != flips[s, node] else 0)
         leaves[s] = node - ((1 << depth) - 1)
 
 
