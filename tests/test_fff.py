@@ -237,6 +237,20 @@ def test_plain_hard_training_gives_nodes_only_the_hardening_gradient():
     assert not model.grads["node_weights"].any()
 
 
+def test_hard_training_evaluates_leaves_on_the_calling_thread(monkeypatch):
+    # Parallel Numba workers between the BLAS calls of a training step compete with spinning BLAS threads: on 2
+    # cores, hard training on digits took 16x as long with the parallel leaf evaluation.
+    from fffcpu import engine
+
+    methods = []
+    real = engine.leaf_outputs
+    monkeypatch.setattr(engine, "leaf_outputs", lambda *a, **k: methods.append(k.get("method")) or real(*a, **k))
+    model = FFF(6, 3, 2, 3, train_hardened=True, seed=0)
+    x = np.random.default_rng(0).normal(size=(512, 6)).astype(np.float32)
+    np.testing.assert_array_equal(model.forward(x), model.predict(x))
+    assert methods == ["serial"]
+
+
 def test_hard_training_gives_nodes_the_prediction_gradient_by_default(tmp_path):
     # Spec §4: the PyTorch package's hard training gives node weights no gradient from the prediction loss.
     model = FFF(4, 3, 3, 3, train_hardened=True, seed=13)
