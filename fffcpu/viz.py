@@ -14,7 +14,14 @@ gid                 artist
 ``region-{k}``      the polygon of leaf k's hard region (2-D inputs)
 ``hyperplane-{i}``  node i's hyperplane, clipped to the region of node i
 ``soft-mixture``    the image of the soft mixture colours
+``points``          the data points of a region plot (class colours)
+``class-legend``    the legend of the class colours, above a region plot
+``marked-sizes``    the numbers written at the marked depth of a sizes plot
 =================== ==========================================================
+
+Colours: every class c has one strong colour, ``class_colors(n)[c]`` (tab10: blue, orange, ...), wherever classes
+appear (points, predicted-class backgrounds, stacked bars); leaf regions are pale (``region_colors``), and the
+first leaves avoid the hues of the first two classes.
 
 Conventions are the library's (spec §1, arXiv 2308.14711 §2): heap order, ``p_i = σ(w_i·x + b_i)`` weights the
 right child, a hard decision goes right iff the logit is >= 0.
@@ -36,14 +43,17 @@ from .functional import sigmoid
 
 try:
     import matplotlib
-    from matplotlib.colors import to_rgba
+    from matplotlib.colors import hsv_to_rgb, to_rgba
     from matplotlib.patches import Polygon
 except ImportError as err:  # pragma: no cover - matplotlib is in the viz/test extras
     raise ImportError("fffcpu.viz needs matplotlib: pip install 'fffcpu[viz]'") from err
 
 __all__ = [
     "route_details",
+    "mixture_weights",
     "leaf_colors",
+    "region_colors",
+    "class_colors",
     "tree_layout",
     "plot_tree",
     "partition_2d",
@@ -135,18 +145,69 @@ def route_details(model, x) -> dict:
 
 
 def leaf_colors(n_leaves: int) -> np.ndarray:
-    """One distinct colour per leaf, RGBA, shape (n_leaves, 4): tab10/tab20 while they suffice, then a hue wheel."""
-    import matplotlib.cm as cm
+    """One distinct colour per leaf, RGBA, shape (n_leaves, 4): tab10/tab20 while they suffice, then a hue wheel.
 
+    The blue and orange (and the cyan and red close to them) of the first two class colours
+    (:func:`class_colors`) come last, so that up to 8 leaves (16 in tab20's light shades) never share a hue with
+    the points of a two-class problem; the hue wheel skips those two hues.
+    """
+    order = [2, 4, 5, 6, 8, 7, 9, 3, 0, 1]  # green, purple, brown, pink, olive, grey, cyan, red, blue, orange
     if n_leaves <= 10:
-        return np.array([to_rgba(c) for c in matplotlib.colormaps["tab10"].colors[:n_leaves]])
+        tab10 = matplotlib.colormaps["tab10"].colors
+        return np.array([to_rgba(tab10[i]) for i in order[:n_leaves]])
     if n_leaves <= 20:
-        cmap = matplotlib.colormaps["tab20"]
-        order = list(range(0, 20, 2)) + list(range(1, 20, 2))  # saturated colours first
-        return np.array([to_rgba(cmap.colors[i]) for i in order[:n_leaves]])
-    # Golden-ratio hues spread neighbouring leaves apart.
-    hues = (np.arange(n_leaves) * 0.618033988749895) % 1.0
-    return np.array([cm.hsv(h) for h in hues])
+        tab20 = matplotlib.colormaps["tab20"].colors  # 2k: colour k of tab10, 2k + 1: its light shade
+        shades = [2 * i for i in order[:8]] + [2 * i + 1 for i in order[:8]] + [0, 2, 1, 3]
+        return np.array([to_rgba(tab20[i]) for i in shades[:n_leaves]])
+    # Golden-ratio hues spread neighbouring leaves apart; the hues of the first two class colours (orange around
+    # 0.08, blue around 0.58) are skipped, and the colours are a little muted.
+    t = (np.arange(n_leaves) * 0.618033988749895) % 1.0
+    hues = np.interp(t, [0.0, 0.44, 0.44, 1.0], [0.13, 0.52, 0.66, 1.02]) % 1.0
+    rgb = hsv_to_rgb(np.column_stack([hues, np.full(n_leaves, 0.65), np.full(n_leaves, 0.85)]))
+    return np.column_stack([rgb, np.ones(n_leaves)])
+
+
+REGION_TINT = 0.4
+"""How much of a leaf's colour its region keeps (the rest is white): pale, so that the strong class colours of
+the points on top cannot be mistaken for it."""
+
+
+def region_colors(n_leaves: int, tint: float = REGION_TINT) -> np.ndarray:
+    """The pale colour of each leaf's region in region plots, RGB, shape (n_leaves, 3).
+
+    ``1 - tint * (1 - leaf_colors(n_leaves))``: the leaf's colour mixed with white, opaque.
+    """
+    return 1.0 - tint * (1.0 - leaf_colors(n_leaves)[:, :3])
+
+
+def class_colors(n_classes: int) -> np.ndarray:
+    """One strong colour per class, RGBA, shape (n_classes, 4): tab10 (blue, orange, green, ...), then tab20.
+
+    Every plot of fffcpu colours class c with ``class_colors(n)[c]``: the points of region plots, the background
+    of the predicted class, the stacked bars of :func:`plot_leaf_usage`.
+    """
+    n_classes = check_positive_int(n_classes, "n_classes")
+    if n_classes <= 10:
+        return np.array([to_rgba(c) for c in matplotlib.colormaps["tab10"].colors[:n_classes]])
+    if n_classes <= 20:
+        return np.array([to_rgba(c) for c in matplotlib.colormaps["tab20"].colors[:n_classes]])
+    return matplotlib.colormaps["turbo"](np.linspace(0, 1, n_classes))
+
+
+def _class_legend(ax, classes, colors, *, title: str | None = None) -> None:
+    """A one-row legend of the classes just above the axes (under the title), where it covers no data."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], ls="none", marker="o", ms=5, mfc=colors[i], mec="0.15", mew=0.4)
+               for i in range(len(classes))]
+    labels = [f"class {c}" for c in classes]
+    legend = ax.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(classes), 5),
+                       frameon=False, fontsize=8, handletextpad=0.1, columnspacing=0.8, borderaxespad=0.15,
+                       borderpad=0.1)
+    legend.set_gid("class-legend")
+    if title is not None:
+        rows = -(-len(classes) // 5)
+        ax.set_title(title, pad=4 + 11 * rows)
 
 
 # ---------------------------------------------------------------------------------------------- the tree
@@ -175,10 +236,15 @@ def plot_tree(model, x=None, *, ax=None, labels: str | None = "auto", soft: bool
     x : array-like, shape (input_width,), optional
         The input to route. Without it the bare tree is drawn.
     ax : matplotlib Axes, optional
-    labels : {"auto", "logit", "p", None}
-        What to write next to each inner node: ``"logit"`` z and p, ``"p"`` only p = σ(z), None nothing.
-        ``"auto"`` writes z and p for depth <= 3, p for depth 4 and nothing deeper. Leaves get their
-        mixture weight c_leaf (in %) whenever labels are on.
+    labels : {"auto", "logit", "p", "path", None}
+        What to write next to the inner nodes: ``"logit"`` z and p, ``"p"`` only p = σ(z), ``"path"`` z and p
+        of the nodes on the hard path only, None nothing. ``"auto"`` is ``"logit"`` for depth <= 3, ``"path"``
+        for depth 4 to 6, and None deeper. A label sits on a white box above the edges: for a node of the hard
+        path, above the node on its outer side (left of a left child, right of a right child or the root), away
+        from the red path, which arrives from the inner side; for the other nodes, right of the node and centred
+        on it, between the edge from its parent and the edges to its children. Nodes and leaves are numbered
+        while their markers are large enough to hold the number (up to depth 4); leaves get their mixture
+        weight c_leaf (in %) up to depth 4, and at depth 5 the hard leaf and the leaves of weight 5% or more.
     soft : bool
         Shade nodes and leaves by their soft reach probability and draw edges as wide as the probability
         that flows along them (spec §1: c_leaf is the product of the decisions on its path).
@@ -195,15 +261,16 @@ def plot_tree(model, x=None, *, ax=None, labels: str | None = "auto", soft: bool
     all_xy = np.vstack([node_xy, leaf_xy])  # heap numbering: leaf k is node 2**d - 1 + k
     info = route_details(model, x) if x is not None else None
     if labels == "auto":
-        labels = "logit" if depth <= 3 else ("p" if depth == 4 else None)
-    if labels not in ("logit", "p", None):
-        raise ValueError(f"labels must be 'auto', 'logit', 'p' or None, got {labels!r}")
+        labels = "logit" if depth <= 3 else "path" if depth <= 6 else None
+    if labels not in ("logit", "p", "path", None):
+        raise ValueError(f"labels must be 'auto', 'logit', 'p', 'path' or None, got {labels!r}")
     reach = None
     if info is not None:
         reach = np.concatenate([info["node_reach"], info["leaf_reach"]])
 
     n_leaves = tree.n_leaves(depth)
     marker_size = float(np.clip(220 / n_leaves, 5, 26))  # points; round whatever the axes' aspect
+    fontsize = 9 if depth <= 2 else (8 if depth <= 4 else 7)
     for i in range(model.n_nodes):
         for j in (2 * i + 1, 2 * i + 2):
             flow = reach[j] if (reach is not None and soft) else 0.3
@@ -217,6 +284,7 @@ def plot_tree(model, x=None, *, ax=None, labels: str | None = "auto", soft: bool
     on_path = set()
     if info is not None:
         on_path = set(int(n) for n in info["path"]) | {model.n_nodes + info["leaf"]}
+    box = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
     for i, (px, py) in enumerate(all_xy):
         is_leaf = i >= model.n_nodes
         shade = reach[i] if (reach is not None and soft) else (0.5 if reach is None else 0.0)
@@ -225,24 +293,33 @@ def plot_tree(model, x=None, *, ax=None, labels: str | None = "auto", soft: bool
         ax.plot([px], [py], marker="s" if is_leaf else "o", ms=marker_size, mfc=face, mec=edge,
                 mew=2.2 if i in on_path else 1.0, zorder=3, linestyle="none",
                 gid=f"leaf-{i - model.n_nodes}" if is_leaf else f"node-{i}")
-        if labels is not None and tree.n_leaves(depth) <= 32:
-            fontsize = 8 if depth <= 3 else 6
-            if is_leaf:
-                k = i - model.n_nodes
-                ax.text(px, py, str(k), ha="center", va="center", fontsize=fontsize, zorder=4)
-                if info is not None:
-                    ax.text(px, py - 0.22, f"{100 * info['leaf_reach'][k]:.0f}%", ha="center", va="top",
-                            fontsize=fontsize, zorder=4, gid=f"leaf-label-{k}")
-            else:
-                ax.text(px, py, str(i), ha="center", va="center", fontsize=fontsize, zorder=4)
-                if info is not None:
-                    z, p = info["logits"][i], info["p"][i]
-                    text = f"z={z:+.2f}\np={p:.2f}" if labels == "logit" else f"p={p:.2f}"
-                    ax.text(px + 0.12 * min(2 ** (depth - 1), 4), py + 0.1, text, ha="left", va="bottom",
-                            fontsize=fontsize, zorder=4,
-                            gid=f"node-label-{i}")
+        if labels is None or (n_leaves > 32 and labels != "path"):
+            continue
+        if is_leaf and n_leaves <= 32:
+            k = i - model.n_nodes
+            if marker_size >= 12:  # the number fits in the square
+                ax.text(px, py, str(k), ha="center", va="center", fontsize=fontsize - 1, zorder=4)
+            if info is not None and (n_leaves <= 16 or i in on_path or info["leaf_reach"][k] >= 0.05):
+                below = marker_size / 2 + 3 + (fontsize if n_leaves > 16 and k % 2 else 0)  # stagger when narrow
+                ax.annotate(f"{100 * info['leaf_reach'][k]:.0f}%", (px, py), xytext=(0, -below),
+                            textcoords="offset points", ha="center", va="top", fontsize=fontsize - 1, zorder=4,
+                            gid=f"leaf-label-{k}")
+        elif not is_leaf:
+            if marker_size >= 12:
+                ax.text(px, py, str(i), ha="center", va="center", fontsize=fontsize - 1, zorder=4)
+            if info is not None and (labels != "path" or i in on_path):
+                z, p = info["logits"][i], info["p"][i]
+                text = f"p={p:.2f}" if labels == "p" else f"z={z:+.2f}\np={p:.2f}"
+                gap = marker_size / 2 + 2
+                if i in on_path:  # above, on the outer side: the hard path arrives from the inner side
+                    left = i % 2 == 1  # a left child: its parent, and the path, are up to the right
+                    xytext, ha, va = ((-gap if left else gap) * 0.8, gap * 0.5), "right" if left else "left", "bottom"
+                else:  # right of the node, centred: between its parent's edge and its children's
+                    xytext, ha, va = (gap, 0), "left", "center"
+                ax.annotate(text, (px, py), xytext=xytext, textcoords="offset points", ha=ha, va=va,
+                            fontsize=fontsize, zorder=5, bbox=box, gid=f"node-label-{i}")
     ax.set_xlim(-0.8, tree.n_leaves(depth) - 0.2)
-    ax.set_ylim(-depth - 0.8, 0.7)
+    ax.set_ylim(-depth - (1.0 if n_leaves > 16 else 0.8), 0.7)
     ax.set_aspect("auto")
     ax.axis("off")
     if info is None:
@@ -386,19 +463,22 @@ def partition_2d(model, extent=(-1.5, 1.5, -1.5, 1.5)) -> tuple[dict, dict]:
 
 
 def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=None, hyperplanes: bool = True,
-                 resolution: int = 160, alpha: float = 0.45, point_size: float = 9, title: str | None = None):
+                 resolution: int = 160, alpha: float = REGION_TINT, point_size: float = 9, title: str | None = None,
+                 legend: bool = True):
     """2-D region partitioning: which leaf owns which part of the plane, with the node hyperplanes.
 
     Parameters
     ----------
     model : FFF with input_width=2
-    X, y : training points (n, 2) and their class labels (n,), optional; drawn on top.
+    X, y : training points (n, 2) and their class labels (n,), optional; drawn on top, class c in the strong
+        colour ``class_colors(n)[c]``.
     ax : matplotlib Axes, optional
     mode : {"hard", "soft", "class"}
-        ``"hard"``: each leaf's hard region as a filled polygon in the leaf's colour (gid ``region-{k}``).
-        ``"soft"``: every grid point coloured by the soft mixture Σ c_leaf(x) · colour(leaf) (gid
-        ``soft-mixture``), with the hard region borders as thin lines: where the tree is undecided the
-        colours blend. ``"class"``: the hard prediction's class as background, leaf borders on top.
+        ``"hard"``: each leaf's hard region as a filled polygon in the leaf's pale colour (``region_colors``;
+        gid ``region-{k}``). ``"soft"``: every grid point coloured by the soft mixture Σ c_leaf(x) · colour(leaf)
+        (gid ``soft-mixture``), with the hard region borders as thin lines: where the tree is undecided the
+        colours blend. ``"class"``: the hard prediction's class as a pale background in the class colours, leaf
+        borders on top.
     extent : (xmin, xmax, ymin, ymax), optional
         Defaults to the bounding box of X plus a margin (or [-1.5, 1.5]^2).
     hyperplanes : bool
@@ -406,6 +486,14 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
         the thinner.
     resolution : int
         Grid points per axis for the ``soft`` and ``class`` images.
+    alpha : float
+        How much of the leaf (or class) colour the background keeps, the rest being white.
+    title : str, optional
+        The default names the mode; for ``"hard"`` it counts the leaf regions inside the rectangle and, with
+        X, the leaves that receive those points (hard routing), which can be fewer.
+    legend : bool
+        With labels y (or in ``"class"`` mode), a legend of the class colours above the axes (gid
+        ``class-legend``).
 
     Returns
     -------
@@ -420,29 +508,29 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
     ax = _new_axes(ax, figsize=(5, 5))
     x0, x1, y0, y1 = _extent_of(X, extent)
     leaves, segments = partition_2d(model, (x0, x1, y0, y1))
-    colors = leaf_colors(model.n_leaves)
+    colors = region_colors(model.n_leaves, alpha)
+    n_classes = max(model.output_width, 2, int(np.max(y)) + 1 if y is not None and len(y) else 0)
+    classes = class_colors(n_classes)
 
     if mode == "hard":
         for k, poly in sorted(leaves.items()):
-            ax.add_patch(Polygon(poly, closed=True, facecolor=colors[k], alpha=alpha, edgecolor="none",
-                                 gid=f"region-{k}", zorder=0))
+            ax.add_patch(Polygon(poly, closed=True, facecolor=colors[k], edgecolor="none", gid=f"region-{k}",
+                                 zorder=0))
             if len(leaves) <= 32:
                 cx, cy = poly.mean(axis=0)
-                ax.text(cx, cy, str(k), ha="center", va="center", fontsize=8, color="0.15", alpha=0.8, zorder=1)
+                ax.text(cx, cy, str(k), ha="center", va="center", fontsize=8, color="0.3", zorder=1)
     else:
         gx, gy = np.meshgrid(np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution))
         grid = np.column_stack([gx.ravel(), gy.ravel()]).astype(model.dtype)
         if mode == "soft":
-            image = _soft_mixture(model, grid) @ colors[:, :3]
-            image = image.reshape(resolution, resolution, 3)
-            image = 1 - alpha * 1.6 * (1 - image)  # lighten as the hard regions are
+            image = (mixture_weights(model, grid) @ colors).reshape(resolution, resolution, 3)
             ax.imshow(np.clip(image, 0, 1), origin="lower", extent=(x0, x1, y0, y1), aspect="auto",
                       interpolation="bilinear", zorder=0, gid="soft-mixture")
         else:
-            classes = model.predict(grid).argmax(axis=1).reshape(resolution, resolution)
-            n_classes = max(model.output_width, 2)
-            ax.imshow(classes, origin="lower", extent=(x0, x1, y0, y1), aspect="auto", cmap="coolwarm",
-                      vmin=0, vmax=n_classes - 1, alpha=0.35, interpolation="nearest", zorder=0, gid="class-image")
+            predicted = model.predict(grid).argmax(axis=1).reshape(resolution, resolution)
+            pale = 1.0 - alpha * (1.0 - classes[:, :3])
+            ax.imshow(pale[predicted], origin="lower", extent=(x0, x1, y0, y1), aspect="auto",
+                      interpolation="nearest", zorder=0, gid="class-image")
         for k, poly in sorted(leaves.items()):  # borders only
             ax.add_patch(Polygon(poly, closed=True, facecolor="none", edgecolor="0.3", lw=0.5, zorder=1,
                                  gid=f"region-border-{k}"))
@@ -459,26 +547,49 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
             ax.scatter(X[:, 0], X[:, 1], s=point_size, c="0.2", zorder=3, gid="points")
         else:
             y = np.asarray(y)
-            ax.scatter(X[:, 0], X[:, 1], s=point_size, c=y, cmap="coolwarm", edgecolors="white", linewidths=0.3,
-                       zorder=3, gid="points")
+            ax.scatter(X[:, 0], X[:, 1], s=point_size, c=classes[y.astype(np.int64)], edgecolors="0.15",
+                       linewidths=0.25, zorder=3, gid="points")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     ax.set_aspect("equal")
     if title is None:
-        title = {"hard": f"hard regions: {len(leaves)} of {model.n_leaves} leaves",
-                 "soft": "soft mixture of leaf colours", "class": "hard prediction"}[mode]
-    ax.set_title(title)
+        if mode == "hard":
+            title = f"hard regions: {len(leaves)} of {model.n_leaves} leaves in view"
+            if X is not None and len(X):
+                title += f",\n{len(np.unique(model.route(X.astype(model.dtype))))} receive the points"
+        else:
+            title = {"soft": "soft mixture of leaf colours", "class": "hard prediction (class)"}[mode]
+    if legend and (y is not None or mode == "class"):
+        shown = np.unique(np.asarray(y)) if y is not None else np.arange(model.output_width)
+        _class_legend(ax, [int(c) for c in shown], classes[[int(c) for c in shown]], title=title)
+    else:
+        ax.set_title(title)
     return ax
 
 
-def _soft_mixture(model, x: np.ndarray) -> np.ndarray:
-    """Mixture weights c_leaf(x), shape (n, 2**d), from the public parameters (spec §1)."""
-    logits = x @ model.params["node_weights"].T + model.params["node_biases"]
-    p = sigmoid(logits.astype(np.float64))
-    reach = np.ones((len(x), 1))
+def mixture_weights(model, X) -> np.ndarray:
+    """The soft mixture weights c_leaf(x) of a batch, from the public parameters (spec §1), shape (n, 2**d).
+
+    Row i is :func:`route_details`'s ``leaf_reach`` for input ``X[i]``: the product of the decisions on each
+    leaf's path, p_i to the right and 1 − p_i to the left; every row sums to 1. Computed in float64.
+
+    Parameters
+    ----------
+    model : FFF
+    X : array-like, shape (n, input_width)
+    """
+    _check_fff(model, "mixture_weights")
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != model.input_width:
+        raise ValueError(f"X must have shape (n, {model.input_width}) for a model with input_width="
+                         f"{model.input_width}, got shape {X.shape}")
+    logits = X @ np.asarray(model.params["node_weights"], dtype=np.float64).T + \
+        np.asarray(model.params["node_biases"], dtype=np.float64)
+    p = sigmoid(logits)
+    reach = np.ones((len(X), 1))
     for level in range(model.depth):
         q = p[:, tree.level_slice(level)]
-        reach = np.stack([reach * (1 - q), reach * q], axis=2).reshape(len(x), -1)
+        reach = np.stack([reach * (1 - q), reach * q], axis=2).reshape(len(X), -1)
     return reach
 
 
@@ -548,7 +659,8 @@ def plot_leaf_usage(model, X=None, y=None, *, ax=None, counts: str = "hard", cla
         Count the hard routes of these samples. Without it, the model's cumulative training usage
         counters are shown (``model.usage["leaf_hard"]`` or ``["leaf_soft"]``, see ``counts``).
     y : class labels (n,), optional
-        Stack the bars by class, to see which classes land in which leaf.
+        Stack the bars by class, to see which classes land in which leaf (class c in ``class_colors(n)[c]``,
+        the colours of the points in :func:`plot_regions`).
     counts : {"hard", "soft"}
         For the usage counters only.
 
@@ -586,12 +698,14 @@ def plot_leaf_usage(model, X=None, y=None, *, ax=None, counts: str = "hard", cla
         else:
             y = np.asarray(y)
             classes = np.unique(y)
-            cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+            integer = np.issubdtype(classes.dtype, np.integer) and classes.min() >= 0
+            palette = class_colors(int(classes.max()) + 1 if integer else len(classes))
             bottom = np.zeros(n_leaves)
             for c_i, c in enumerate(classes):
                 part = np.bincount(routed[y == c], minlength=n_leaves).astype(float)
                 name = class_names[c_i] if class_names is not None else str(c)
-                ax.bar(leaves, part, bottom=bottom, color=cmap(c_i % cmap.N), label=name, gid=f"usage-class-{c}")
+                ax.bar(leaves, part, bottom=bottom, color=palette[int(c) if integer else c_i], label=name,
+                       gid=f"usage-class-{c}")
                 bottom += part
             ax.legend(fontsize=7, ncol=2, title="class", title_fontsize=7, loc="upper right")
         used, label = int(np.sum(values > 0)), "samples routed (hard)"
@@ -681,7 +795,8 @@ def plot_sizes(leaf_width: int = 1, max_depth: int = 14, *, depth: int | None = 
     max_depth : int
         Depths 0..max_depth on the x axis.
     depth : int, optional
-        Mark this depth and annotate its numbers.
+        Mark this depth and annotate its numbers (gid ``marked-sizes``: inference size of training width, or
+        neurons on the path of neurons in the tree), on the side of the line that keeps the text inside the axes.
     ultra : bool
         UltraFastBERT's tree instead (arXiv 2311.10770): every node is a neuron, 2^(D+1) − 1 neurons in the
         tree, D + 1 of them on a path (D = 11: 4095 and 12).
@@ -716,14 +831,26 @@ def plot_sizes(leaf_width: int = 1, max_depth: int = 14, *, depth: int | None = 
         tw = int(2 ** (k + 1) - 1) if ultra else tree.training_width(k, leaf_width)
         inf = k + 1 if ultra else tree.inference_size(k, leaf_width)
         ax.axvline(k, color="0.7", lw=1, zorder=0, gid="marked-depth")
-        ax.annotate(f"{inf} of {tw:,} ({100 * inf / tw:.2g}%)", (k, inf), xytext=(5, 12), textcoords="offset points",
-                    fontsize=9)
-        ax.set_title(f"depth {k}: {tw:,} neurons trained, {inf} used per input, ×{tw / inf:.1f} fewer")
+        right_half = k > max_depth / 2  # write towards the middle, so the text stays inside the axes
+        ax.annotate(f"{inf:,} of {tw:,} ({_percent(inf / tw)})", (k, inf), xytext=(-5 if right_half else 5, 12),
+                    textcoords="offset points", ha="right" if right_half else "left", fontsize=9,
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+                    gid="marked-sizes")
+        if ultra:
+            ax.set_title(f"depth {k}: {inf} of {tw:,} neurons on the path", fontsize=10)
+        else:
+            ax.set_title(f"depth {k}: inference size {inf:,} of training width {tw:,}", fontsize=10)
     else:
         ax.set_title("exponential neuron savings")
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(True, which="major", alpha=0.3)
     return ax
+
+
+def _percent(fraction: float) -> str:
+    """A fraction as a percentage with three significant digits: 1 -> '100%', 12/1024 -> '1.17%',
+    272/16777216 -> '0.00162%'."""
+    return f"{100 * fraction:.3g}%"
 
 
 def measure_seconds(function, *args, repeats: int = 5, min_time: float = 0.02) -> float:

@@ -18,6 +18,7 @@ LeafBrowser         04_digits                leaf
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 
@@ -45,9 +46,12 @@ def _check_slider_value(value, name: str, maximum: int) -> int:
 
 
 class _Explorer:
-    """A figure rendered to PNG in an ``ipywidgets.Image``, under a row of controls and above a status line."""
+    """A figure rendered to PNG in an ``ipywidgets.Image``, under a row of controls and above a status line.
 
-    dpi = 80
+    Figures are sized in inches for ``dpi`` = 100, so that their text (8-10 points) renders at 11-14 pixels.
+    """
+
+    dpi = 100
 
     def __init__(self, controls, figsize):
         self.fig = Figure(figsize=figsize, layout="constrained")
@@ -66,6 +70,7 @@ class _Explorer:
     def render(self) -> None:
         """Redraw the PNG from ``self.fig``."""
         buffer = io.BytesIO()
+        self.fig.draw_without_rendering()  # a first layout pass, so that titles above legends fit the figure
         self.fig.savefig(buffer, format="png", dpi=self.dpi)
         self.image.value = buffer.getvalue()
         self.renders += 1
@@ -83,6 +88,29 @@ def _slider_style():
 
 def _vector(values) -> str:
     return "[" + ", ".join(f"{v:+.3f}" for v in np.ravel(values)) + "]"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _training_curves(ax, history, *, epoch=None, title=None) -> None:
+    """Soft and hard training accuracy and the mean node entropy (nats) per epoch, on one axis.
+
+    The y range leaves head room above 1 for the legend, so that it never covers a curve: accuracy is at most 1,
+    the entropy at most ln 2.
+    """
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    ax.plot(epochs, history["train_acc_soft"], "--", color="tab:blue", label="soft accuracy")
+    ax.plot(epochs, history["train_acc_hard"], "-", color="tab:blue", label="hard accuracy")
+    ax.plot(epochs, history["entropy"], color="tab:purple", label="node entropy (nats)")
+    ax.axhline(np.log(2), color="tab:purple", ls=":", lw=0.8, label="ln 2: undecided")
+    if epoch is not None:
+        ax.axvline(max(epoch, 0.5), color="crimson", lw=1.5, gid="epoch-marker")
+    ax.set(xlabel="epoch", ylabel="training accuracy; node entropy (nats)", ylim=(0, 1.32),
+           yticks=np.linspace(0, 1, 6), title=title)
+    ax.legend(fontsize=8, loc="upper center", ncol=2, frameon=False, borderaxespad=0.2, handlelength=1.6,
+              columnspacing=1.0)
 
 
 # ------------------------------------------------------------------------------------------------- 01
@@ -104,7 +132,9 @@ class RoutingExplorer(_Explorer):
         Initial input.
     data : (X, y), optional
         Points drawn on the region plot.
-    extent : (xmin, xmax, ymin, ymax)
+    extent : (xmin, xmax, ymin, ymax), optional
+        The plotted rectangle and the range of the sliders. Default: the bounding box of the data plus a margin
+        (the same as :func:`fffcpu.viz.plot_regions`), or [-1.5, 1.5]^2 without data.
 
     Attributes
     ----------
@@ -114,7 +144,7 @@ class RoutingExplorer(_Explorer):
     """
 
     def __init__(self, model_for_depth=None, *, depth: int = 2, max_depth: int = 5, point=(0.5, -0.3), data=None,
-                 extent=(-1.5, 1.5, -1.5, 1.5)):
+                 extent=None):
         if model_for_depth is None:
             from .models import FFF
 
@@ -124,7 +154,8 @@ class RoutingExplorer(_Explorer):
         max_depth = check_positive_int(max_depth, "max_depth", minimum=0)
         depth = _check_slider_value(depth, "depth", max_depth)
         self._factory, self._models = model_for_depth, {}
-        self.data, self.extent = data, viz._check_extent(extent)
+        self.data = data
+        self.extent = viz._extent_of(viz._check_points(*data) if data is not None else None, extent)
         x0, x1, y0, y1 = self.extent
         style = _slider_style()
         self.x1 = widgets.FloatSlider(value=point[0], min=x0, max=x1, step=0.01, description="x₁", style=style,
@@ -135,7 +166,7 @@ class RoutingExplorer(_Explorer):
                                        continuous_update=False)
         self.regions = widgets.ToggleButtons(options=["hard", "soft"], value="hard", description="regions",
                                              style=style)
-        super().__init__([self.x1, self.x2, self.depth, self.regions], figsize=(12, 4.6))
+        super().__init__([self.x1, self.x2, self.depth, self.regions], figsize=(9.6, 3.9))
         self.ax_regions, self.ax_tree = self.fig.subplots(1, 2, width_ratios=[1, 1.6])
         self._observe(self.x1, self.x2, self.depth, self.regions)
         self.update()
@@ -166,8 +197,10 @@ class RoutingExplorer(_Explorer):
         leaf = self.details["leaf"]
         turns = " → ".join("right" if r else "left" for r in tree.path_directions(leaf, model.depth)) or "no decision"
         self.status.value = (
-            f"<b>x = ({point[0]:+.2f}, {point[1]:+.2f})</b>: {html.escape(turns)} → <b>leaf {leaf}</b> "
-            f"(uses {model.inference_size} of {model.n_nodes + model.training_width} neurons)<br>"
+            f"<b>x = ({point[0]:+.2f}, {point[1]:+.2f})</b>: {html.escape(turns)} → <b>leaf {leaf}</b>; "
+            f"it uses {model.inference_size} of the model's {tree.training_size(model.depth, model.leaf_width)} "
+            f"neurons (inference size d + ℓ = {model.depth} + {model.leaf_width} of training size "
+            f"(2<sup>d</sup> − 1) + 2<sup>d</sup>·ℓ = {model.n_nodes} + {model.training_width})<br>"
             f"soft output (all {model.n_leaves} leaves, mixed) {_vector(self.details['soft'])}<br>"
             f"hard output (leaf {leaf} only) {_vector(self.details['hard'])}"
         )
@@ -184,7 +217,12 @@ class PartitionReplay(_Explorer):
     recorder : :class:`fffcpu.viz.SnapshotRecorder` filled during ``fffcpu.train(..., callback=recorder)``
     X, y : the training points (n, 2) and labels
     history : History, optional
-        Adds a third panel with the hard/soft training accuracy and the node entropy, and a marker at the epoch.
+        Adds a third panel with the hard/soft training accuracy and the mean node entropy (nats), and a marker
+        at the epoch.
+
+    The status line gives the accuracies at the epoch, the number of leaves that receive training points (hard
+    routing) and the number of leaf regions inside the plotted rectangle (which can be more: a region may hold
+    no point).
 
     Attributes
     ----------
@@ -200,7 +238,7 @@ class PartitionReplay(_Explorer):
         self.epoch = widgets.SelectionSlider(options=list(recorder.epochs), value=recorder.epochs[-1],
                                              description="epoch", style=_slider_style(), continuous_update=False)
         panels = 3 if history is not None else 2
-        super().__init__([self.epoch], figsize=(4.3 * panels, 4.4))
+        super().__init__([self.epoch], figsize=(3.5 * panels, 3.8))
         axes = self.fig.subplots(1, panels)
         self.ax_hard, self.ax_soft = axes[0], axes[1]
         self.ax_curves = axes[2] if panels == 3 else None
@@ -214,25 +252,19 @@ class PartitionReplay(_Explorer):
         for ax in self.fig.axes:
             ax.clear()
         leaves_used = len(np.unique(model.route(self.X)))
+        in_view = len(viz.partition_2d(model, self.extent)[0])
         viz.plot_regions(model, self.X, self.y, ax=self.ax_hard, mode="hard", extent=self.extent,
-                         title=f"epoch {epoch}: hard regions")
+                         title=f"epoch {epoch}: hard regions", point_size=5)
         viz.plot_regions(model, self.X, self.y, ax=self.ax_soft, mode="soft", extent=self.extent,
-                         title=f"epoch {epoch}: soft mixture")
+                         title=f"epoch {epoch}: soft mixture", point_size=5, legend=False)
         hard = float(np.mean(model.predict(self.X).argmax(1) == self.y))
         soft = float(np.mean(model.predict_soft(self.X).argmax(1) == self.y))
         if self.ax_curves is not None:
-            h = self.history
-            epochs = np.arange(1, len(h["loss"]) + 1)
-            ax = self.ax_curves
-            ax.plot(epochs, h["train_acc_soft"], "--", color="tab:blue", label="soft accuracy")
-            ax.plot(epochs, h["train_acc_hard"], "-", color="tab:blue", label="hard accuracy")
-            ax.plot(epochs, np.asarray(h["entropy"]) / np.log(2), color="tab:purple", label="node entropy / ln 2")
-            ax.axvline(max(epoch, 0.5), color="crimson", lw=1.5, gid="epoch-marker")
-            ax.set(xlabel="epoch", ylim=(0, 1.02), title="training")
-            ax.legend(fontsize=8, loc="center right")
+            _training_curves(self.ax_curves, self.history, epoch=epoch, title="training")
         self.render()
         self.status.value = (f"epoch {epoch}: training accuracy soft {soft:.1%}, hard {hard:.1%}; "
-                             f"{leaves_used} of {model.n_leaves} leaves receive training points")
+                             f"{leaves_used} of {model.n_leaves} leaves receive training points "
+                             f"({in_view} leaf regions in view)")
 
 
 class HardeningExplorer(_Explorer):
@@ -251,6 +283,10 @@ class HardeningExplorer(_Explorer):
     depth_slider, leaf_width_slider : IntSliders; train_button : Button
     model, history : the last trained model and its History (None before the first press)
     results : list of dicts, one per press (settings and accuracies)
+
+    If training fails (for example when it diverges), the status line shows the error, the button is enabled
+    again and the figure keeps the previous run; :meth:`train` re-raises, the button does not (a widget
+    callback's exception would only reach the Jupyter log).
     """
 
     HARDENING = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -274,9 +310,9 @@ class HardeningExplorer(_Explorer):
         self.leaf_width_slider = widgets.IntSlider(value=leaf_width, min=1, max=16, description="leaf width ℓ",
                                                    style=style, continuous_update=False)
         self.train_button = widgets.Button(description="Train", button_style="primary", icon="play")
-        self.train_button.on_click(lambda button: self.train())
+        self.train_button.on_click(self._on_click)
         super().__init__([self.hardening, self.region_leak, self.localized, self.depth_slider,
-                          self.leaf_width_slider, self.train_button], figsize=(13, 4.2))
+                          self.leaf_width_slider, self.train_button], figsize=(10.8, 3.7))
         self.ax_hard, self.ax_soft, self.ax_curves = self.fig.subplots(1, 3)
         self.model = self.history = None
         self.results = []
@@ -287,6 +323,10 @@ class HardeningExplorer(_Explorer):
             for ax in self.fig.axes:
                 ax.set_axis_off()
             self.render()
+
+    def _on_click(self, button) -> None:
+        with contextlib.suppress(Exception):  # train() has put the error in the status line
+            self.train()
 
     def settings(self) -> dict:
         return {"depth": self.depth_slider.value, "leaf_width": self.leaf_width_slider.value,
@@ -308,6 +348,12 @@ class HardeningExplorer(_Explorer):
             history = train(model, self.X, self.y, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
                             hardening=s["hardening"], validation=self.validation, seed=self.seed, progress=False,
                             **options)
+        except Exception as err:
+            kept = " The figure still shows the previous run." if self.model is not None else ""
+            self.status.value = (f"<b>Training failed</b> ({html.escape(type(err).__name__)}: "
+                                 f"{html.escape(str(err))}).{kept} Change the settings and press <b>Train</b> "
+                                 "again.")
+            raise
         finally:
             self.train_button.disabled = False
         self.model, self.history = model, history
@@ -321,21 +367,15 @@ class HardeningExplorer(_Explorer):
             ax.clear()
             ax.set_axis_on()
         label = f"h={s['hardening']:g}, leak={s['region_leak']:g}" + (", localized" if s["localized"] else "")
-        viz.plot_regions(model, self.X, self.y, ax=self.ax_hard, mode="hard",
+        viz.plot_regions(model, self.X, self.y, ax=self.ax_hard, mode="hard", point_size=5,
                          title=f"hard ({label}): {row['hard_acc']:.1%}")
-        viz.plot_regions(model, self.X, self.y, ax=self.ax_soft, mode="soft",
+        viz.plot_regions(model, self.X, self.y, ax=self.ax_soft, mode="soft", point_size=5, legend=False,
                          title=f"soft: {row['soft_acc']:.1%}")
-        epochs = np.arange(1, history.epochs + 1)
-        ax = self.ax_curves
-        ax.plot(epochs, history["train_acc_soft"], "--", color="tab:blue", label="soft accuracy")
-        ax.plot(epochs, history["train_acc_hard"], color="tab:blue", label="hard accuracy")
-        ax.plot(epochs, np.asarray(history["entropy"]) / np.log(2), color="tab:purple", label="node entropy / ln 2")
-        ax.set(xlabel="epoch", ylim=(0, 1.02), title=f"depth {s['depth']}, ℓ={s['leaf_width']}")
-        ax.legend(fontsize=8, loc="center right")
+        _training_curves(self.ax_curves, history, title=f"depth {s['depth']}, ℓ={s['leaf_width']}")
         self.render()
         self.status.value = (f"{label}: training accuracy soft {row['soft_acc']:.1%}, hard {row['hard_acc']:.1%} "
-                             f"(gap {row['soft_acc'] - row['hard_acc']:+.1%}); node entropy {row['entropy']:.3f}; "
-                             f"{row['leaves_used']} of {model.n_leaves} leaves used")
+                             f"(gap {row['soft_acc'] - row['hard_acc']:+.1%}); node entropy {row['entropy']:.3f} "
+                             f"nats; {row['leaves_used']} of {model.n_leaves} leaves receive training points")
         return row
 
 
@@ -361,7 +401,7 @@ class SizesExplorer(_Explorer):
         self.leaf_width = widgets.IntSlider(value=leaf_width, min=1, max=256, description="leaf width ℓ",
                                             style=style)
         self.kind = widgets.ToggleButtons(options=["FFF", "UltraFFF"], value="FFF", style=style)
-        super().__init__([self.depth, self.leaf_width, self.kind], figsize=(7, 4.2))
+        super().__init__([self.depth, self.leaf_width, self.kind], figsize=(6.4, 3.8))
         self.ax = self.fig.subplots()
         self._observe(self.depth, self.leaf_width, self.kind)
         self.update()
@@ -374,12 +414,13 @@ class SizesExplorer(_Explorer):
         self.render()
         if ultra:
             total, used = 2 ** (d + 1) - 1, d + 1
-            self.status.value = (f"UltraFFF of depth {d}: {total:,} neurons in the tree, {used} on each path "
-                                 f"({used / total:.2%}); UltraFastBERT-1×11 uses 12 of 4,095.")
+            self.status.value = (f"UltraFFF of depth {d}: {_plural(total, 'neuron')} in the tree, {used} on each "
+                                 f"path ({viz._percent(used / total)}); UltraFastBERT-1×11 uses 12 of 4,095.")
         else:
             total, used = tree.training_width(d, width), tree.inference_size(d, width)
-            self.status.value = (f"FFF depth {d}, ℓ = {width}: training width 2^{d}·{width} = {total:,} neurons; "
-                                 f"inference size {d} + {width} = {used} ({used / total:.2%}; "
+            self.status.value = (f"FFF depth {d}, ℓ = {width}: training width 2^{d}·{width} = "
+                                 f"{_plural(total, 'neuron')}; inference size {d} + {width} = {used:,} "
+                                 f"({viz._percent(used / total)} of the training width; "
                                  f"speed-up limit ×{total / used:,.1f})")
 
 
@@ -418,7 +459,7 @@ class LeafBrowser(_Explorer):
         counts = np.bincount(self.routed, minlength=model.n_leaves)
         self.leaf = widgets.SelectionSlider(options=used, value=int(np.argmax(counts)), description="leaf",
                                             style=_slider_style(), continuous_update=False)
-        super().__init__([self.leaf], figsize=(11, 3.8))
+        super().__init__([self.leaf], figsize=(8.8, 3.1))
         self.ax_images, self.ax_labels = self.fig.subplots(1, 2, width_ratios=[1.6, 1])
         self._observe(self.leaf)
         self.update()
@@ -444,7 +485,9 @@ class LeafBrowser(_Explorer):
         self.ax_images.set_title(f"leaf {leaf}: {len(rows)} samples ({len(shown)} shown)")
         labels = np.unique(self.y)
         counts = np.array([np.sum(self.y[rows] == c) for c in labels])
-        self.ax_labels.bar(labels, counts, color="tab:blue")
+        integer = np.issubdtype(labels.dtype, np.integer) and labels.min() >= 0
+        colors = viz.class_colors(int(labels.max()) + 1)[labels] if integer else "tab:blue"  # as plot_leaf_usage
+        self.ax_labels.bar(labels, counts, color=colors)
         self.ax_labels.set_xticks(labels)
         self.ax_labels.set(xlabel="label", ylabel="samples", title=f"labels in leaf {leaf}")
         self.render()

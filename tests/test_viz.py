@@ -1,5 +1,7 @@
 """Plots (fffcpu.viz) and widget builders (fffcpu.widgets): checked on small models for what they draw."""
 
+import itertools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -66,6 +68,19 @@ def test_route_details_agree_with_the_model(depth):
         viz.route_details(model, np.zeros(4))
 
 
+@pytest.mark.parametrize("depth", [0, 1, 3, 5])
+def test_mixture_weights_are_route_details_leaf_reach_per_row(depth):
+    model = fffcpu.FFF(3, 2, 2, depth, seed=depth)
+    X = np.random.default_rng(depth).standard_normal((7, 3))
+    weights = viz.mixture_weights(model, X)
+    assert weights.shape == (7, 2 ** depth)
+    for x, row in zip(X, weights):
+        np.testing.assert_allclose(row, viz.route_details(model, x)["leaf_reach"], rtol=1e-12)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 3\)"):
+        viz.mixture_weights(model, X[:, :2])
+
+
 def test_leaf_colors_are_distinct():
     for n in (1, 2, 8, 16, 20, 64):
         colors = viz.leaf_colors(n)
@@ -100,6 +115,31 @@ def test_plot_tree_highlights_the_hard_path(depth):
         labels = [t for t in ax.texts if (t.get_gid() or "").startswith("leaf-label")]
         assert len(labels) == model.n_leaves
         assert abs(sum(float(t.get_text().rstrip("%")) for t in labels) - 100) <= model.n_leaves * 0.5 + 0.01
+
+
+@pytest.mark.parametrize("depth, seed, point", [(2, 0, (0.5, -0.3)), (3, 3, (0.2, 0.3)), (3, 1, (-1.0, 1.2)),
+                                                 (4, 2, (1.1, 0.9)), (5, 5, (0.5, -0.3)), (6, 0, (-0.4, 0.8))])
+def test_plot_tree_labels_every_path_node_off_the_red_path(depth, seed, point):
+    """Each node of the hard path carries z and p (up to depth 6), and no label sits on the red path or on
+    another label."""
+    model = fffcpu.FFF(2, 4, 2, depth, seed=seed)
+    fig, ax = plt.subplots(figsize=(7.4, 3.9), layout="constrained")
+    viz.plot_tree(model, np.array(point), ax=ax)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if (t.get_gid() or "").startswith("node-label-")]
+    path = [int(n) for n in viz.route_details(model, np.array(point))["path"]]
+    assert set(path) <= {int(t.get_gid().rsplit("-", 1)[1]) for t in labels}
+    assert all(t.get_zorder() > artist(ax, "hard-path").get_zorder() for t in labels)
+    xy = ax.transData.transform(np.column_stack(artist(ax, "hard-path").get_data()))
+    along = np.concatenate([np.linspace(a, b, 400) for a, b in itertools.pairwise(xy)])
+    boxes = [t.get_window_extent(renderer).padded(1.0) for t in labels]  # 1 px: half the path's width
+    for text, box in zip(labels, boxes):
+        on_box = ((along[:, 0] > box.x0) & (along[:, 0] < box.x1) & (along[:, 1] > box.y0) & (along[:, 1] < box.y1))
+        assert not on_box.any(), f"{text.get_text()!r} lies on the hard path"
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two node labels overlap"
 
 
 def test_plot_tree_edge_widths_follow_the_soft_reach():
@@ -162,6 +202,50 @@ def test_plot_regions_draws_one_region_per_leaf_reached(depth):
     assert {int(g.split("-")[1]) for g in gids(ax, "hyperplane-")} == set(segments)
 
 
+def test_region_plot_titles_count_leaf_regions_in_view_and_leaves_with_points():
+    X, y = two_moons(300, noise=0.15, seed=0)
+    model = model2d(3, seed=1)  # untrained: 7 leaf regions cross the plotted rectangle, 4 of them hold points
+    in_view = len(viz.partition_2d(model, viz._extent_of(X))[0])
+    receiving = len(np.unique(model.route(X)))
+    assert (in_view, receiving) == (7, 4)
+    title = viz.plot_regions(model, X, y).get_title()
+    assert "7 of 8 leaves in view" in title and "4 receive the points" in title
+    assert viz.plot_regions(model).get_title() == f"hard regions: {len(viz.partition_2d(model, BOX)[0])} of 8 " \
+                                                  "leaves in view"
+
+
+def test_region_plots_keep_class_colours_apart_from_leaf_colours():
+    """Points in strong class colours, with a legend; regions pale and, up to 8 leaves, of other hues than the
+    first two classes; the same class colours in the stacked leaf-usage bars."""
+    X, y = two_moons(200, seed=0)
+    model = model2d(3, seed=1)
+    classes = viz.class_colors(2)
+    for mode in ("hard", "soft", "class"):
+        ax = viz.plot_regions(model, X, y, mode=mode)
+        points = next(c for c in ax.collections if c.get_gid() == "points")
+        np.testing.assert_allclose(points.get_facecolors(), classes[y])
+        legend = ax.get_legend()
+        assert legend is not None and legend.get_gid() == "class-legend"
+        assert [t.get_text() for t in legend.get_texts()] == ["class 0", "class 1"]
+        np.testing.assert_allclose([matplotlib.colors.to_rgba(h.get_markerfacecolor()) for h in
+                                    legend.legend_handles], classes)
+    regions = viz.region_colors(8)
+    assert regions.min() >= 1 - viz.REGION_TINT - 1e-12  # mostly white
+    assert classes[:, :3].min(axis=1).max() < 0.2  # strong: one channel near 0
+    for leaf in viz.leaf_colors(8):
+        assert not any(np.allclose(leaf, c) for c in classes), "a leaf has the colour of a class"
+    ax = viz.plot_regions(model, X, y)
+    for k in viz.partition_2d(model, viz._extent_of(X))[0]:
+        np.testing.assert_allclose(artist(ax, f"region-{k}").get_facecolor()[:3], regions[k])
+    image = np.asarray(artist(viz.plot_regions(model, mode="class", resolution=20), "class-image").get_array())
+    pale_classes = 1 - viz.REGION_TINT * (1 - classes[:, :3])
+    assert np.abs(image.reshape(-1, 1, 3) - pale_classes[None]).sum(axis=2).min(axis=1).max() < 1e-9
+    bars = viz.plot_leaf_usage(model, X, y)
+    for c in (0, 1):
+        patches = [p for p in bars.patches if p.get_gid() == f"usage-class-{c}"]
+        assert patches and all(np.allclose(p.get_facecolor(), classes[c]) for p in patches)
+
+
 def test_plot_regions_soft_mixture_blends_and_hardens():
     model = model2d(2, seed=5)
     ax = viz.plot_regions(model, mode="soft", extent=BOX, resolution=50)
@@ -172,7 +256,7 @@ def test_plot_regions_soft_mixture_blends_and_hardens():
     for key in ("node_weights", "node_biases"):
         hard.params[key] *= 1e4
     img = np.asarray(artist(viz.plot_regions(hard, mode="soft", extent=BOX, resolution=50), "soft-mixture").get_array())
-    colors = 1 - 0.45 * 1.6 * (1 - viz.leaf_colors(4)[:, :3])
+    colors = viz.region_colors(4)
     distances = np.abs(img.reshape(-1, 1, 3) - colors[None]).sum(axis=2).min(axis=1)
     assert np.quantile(distances, 0.95) < 1e-3
     soft_distances = np.abs(soft_img.reshape(-1, 1, 3) - colors[None]).sum(axis=2).min(axis=1)
@@ -280,10 +364,25 @@ def test_plot_sizes_lines_are_the_papers_sizes():
     d = np.arange(11)
     np.testing.assert_array_equal(artist(ax, "training-width").get_ydata(), 2 ** d * 8)
     np.testing.assert_array_equal(artist(ax, "inference-size").get_ydata(), d + 8)
-    assert "128 neurons trained, 12 used" in ax.get_title()
+    assert ax.get_title() == "depth 4: inference size 12 of training width 128"
     ax = viz.plot_sizes(max_depth=12, depth=11, ultra=True)
-    assert "4,095 neurons trained, 12 used" in ax.get_title()
+    assert ax.get_title() == "depth 11: 12 of 4,095 neurons on the path"
     assert ax.get_yscale() == "log"
+
+
+@pytest.mark.parametrize("depth, leaf_width, note", [(0, 1, "1 of 1 (100%)"), (1, 1, "2 of 2 (100%)"),
+                                                     (7, 1, "8 of 128 (6.25%)"),
+                                                     (16, 256, "272 of 16,777,216 (0.00162%)")])
+def test_plot_sizes_annotation_reads_well_and_stays_in_the_figure(depth, leaf_width, note):
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
+    viz.plot_sizes(leaf_width, 16, depth=depth, ax=ax)
+    fig.canvas.draw()
+    marked = [t for t in ax.texts if t.get_gid() == "marked-sizes"]
+    assert len(marked) == 1 and marked[0].get_text() == note
+    inside, box = ax.get_window_extent(), marked[0].get_window_extent()
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+    title = ax.title.get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.x1
 
 
 def test_inference_timing_and_plot():
@@ -364,6 +463,86 @@ def test_routing_explorer_uses_the_given_models():
     assert "soft output" in explorer.status.value and explorer.details["soft"].shape == (3,)
 
 
+def test_routing_explorer_shows_all_of_its_data():
+    X, y = two_moons(300, noise=0.15, seed=0)
+    assert X[:, 0].min() < -1.5  # beyond the default square of an explorer without data
+    explorer = fw.RoutingExplorer(depth=2, data=(X, y))
+    (x0, x1), (y0, y1) = explorer.ax_regions.get_xlim(), explorer.ax_regions.get_ylim()
+    assert x0 < X[:, 0].min() and X[:, 0].max() < x1 and y0 < X[:, 1].min() and X[:, 1].max() < y1
+    assert explorer.x1.min < X[:, 0].min() and explorer.x1.max > X[:, 0].max()
+    assert explorer.x2.min < X[:, 1].min() and explorer.x2.max > X[:, 1].max()
+    assert fw.RoutingExplorer(extent=(-2, 2, -1, 1)).ax_regions.get_xlim() == (-2, 2)
+    assert fw.RoutingExplorer().extent == BOX
+
+
+def test_routing_explorer_names_both_sizes_and_renders_readable_text():
+    explorer = fw.RoutingExplorer(depth=3)
+    assert ("uses 7 of the model's 39 neurons (inference size d + ℓ = 3 + 4 of training size"
+            in explorer.status.value)
+    labels = [t for t in explorer.ax_tree.texts if (t.get_gid() or "").startswith("node-label-")]
+    assert labels
+    for text in labels + [explorer.ax_regions.title]:
+        assert text.get_fontsize() * explorer.dpi / 72 >= 11, "text smaller than 11 pixels"
+
+
+def _curves_stay_clear_of_the_legend(ax, history):
+    """The curves panel of the 02 explorers: labelled axes, entropy in nats, a legend that covers no curve."""
+    assert "accuracy" in ax.get_ylabel() and "nats" in ax.get_ylabel()
+    entropy = [line for line in ax.lines if line.get_label() == "node entropy (nats)"]
+    np.testing.assert_allclose(entropy[0].get_ydata(), history["entropy"])
+    ax.figure.canvas.draw()
+    box = ax.get_legend().get_window_extent()
+    curves = [line for line in ax.lines if line.get_label() in ("soft accuracy", "hard accuracy",
+                                                                 "node entropy (nats)")]
+    assert len(curves) == 3
+    for line in curves:
+        xy = ax.transData.transform(np.column_stack(line.get_data()))
+        inside = (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
+        assert not inside.any(), f"the legend covers {line.get_label()!r}"
+
+
+def test_hardening_explorer_curves_keep_the_legend_off_a_collapsed_run():
+    X, y = two_moons(160, seed=1)
+    explorer = fw.HardeningExplorer(X, y, depth=3, leaf_width=2, epochs=4)
+    explorer.hardening.value = 30.0  # the tree collapses: accuracy flat in the middle, entropy near 0
+    explorer.train_button.click()
+    _curves_stay_clear_of_the_legend(explorer.ax_curves, explorer.history)
+    assert "leaves receive training points" in explorer.status.value and "nats" in explorer.status.value
+
+
+def test_partition_replay_curves_and_counts():
+    X, y = two_moons(200, seed=0)
+    model = fffcpu.FFF(2, 2, 2, 3, seed=0)
+    recorder = viz.SnapshotRecorder(model)
+    history = fffcpu.train(model, X, y, lr=0.05, epochs=5, batch_size=32, hardening=30.0, progress=False, seed=0,
+                           callback=recorder)
+    replay = fw.PartitionReplay(recorder, X, y, history=history)
+    _curves_stay_clear_of_the_legend(replay.ax_curves, history)
+    for epoch in (0, 5):
+        replay.epoch.value = epoch
+        snapshot = recorder.model_at(epoch)
+        receiving = len(np.unique(snapshot.route(X)))
+        in_view = len(viz.partition_2d(snapshot, replay.extent)[0])
+        assert (f"{receiving} of 8 leaves receive training points ({in_view} leaf regions in view)"
+                in replay.status.value)
+
+
+def test_hardening_explorer_reports_a_failed_training_and_recovers():
+    X, y = two_moons(160, seed=1)
+    broken = X.copy()
+    broken[3, 0] = np.nan
+    explorer = fw.HardeningExplorer(broken, y, depth=2, leaf_width=2, epochs=2)
+    explorer.train_button.click()  # a button callback must not leave the error in the Jupyter log only
+    assert "Training failed" in explorer.status.value and "ValueError" in explorer.status.value
+    assert "training…" not in explorer.status.value
+    assert not explorer.train_button.disabled and explorer.model is None and explorer.results == []
+    with pytest.raises(ValueError):
+        explorer.train()  # called directly, train() raises
+    explorer.X = X
+    explorer.train_button.click()
+    assert explorer.model is not None and "Training failed" not in explorer.status.value
+
+
 def test_partition_replay_shows_the_chosen_epoch():
     X, y = two_moons(200, seed=0)
     model = fffcpu.FFF(2, 2, 2, 3, seed=0)
@@ -414,11 +593,24 @@ def test_sizes_explorer_reports_the_sizes():
     assert "= 128 neurons" in explorer.status.value and "4 + 8 = 12" in explorer.status.value
     explorer.depth.value = 7
     explorer.leaf_width.value = 1
-    assert "128 neurons trained, 8 used" in explorer.ax.get_title()
+    assert "inference size 8 of training width 128" in explorer.ax.get_title()
     explorer.kind.value = "UltraFFF"
     explorer.depth.value = 11
-    assert "4,095 neurons in the tree, 12 on each path" in explorer.status.value
+    assert "4,095 neurons in the tree, 12 on each path (0.293%)" in explorer.status.value
     assert explorer.leaf_width.disabled
+
+
+def test_sizes_explorer_formats_small_and_large_trees():
+    explorer = fw.SizesExplorer(depth=0, leaf_width=1)
+    assert "training width 2^0·1 = 1 neuron;" in explorer.status.value
+    assert "(100% of the training width; speed-up limit ×1.0)" in explorer.status.value
+    explorer.depth.value, explorer.leaf_width.value = 16, 256
+    assert "= 16,777,216 neurons; inference size 16 + 256 = 272 (0.00162% of the training width" in \
+        explorer.status.value
+    assert "×61,680.9" in explorer.status.value
+    explorer.kind.value = "UltraFFF"
+    explorer.depth.value = 0
+    assert "1 neuron in the tree, 1 on each path (100%)" in explorer.status.value
 
 
 def test_leaf_browser_shows_the_chosen_leaf():
@@ -434,6 +626,8 @@ def test_leaf_browser_shows_the_chosen_leaf():
         assert browser.ax_images.get_title().startswith(f"leaf {leaf}: {n} samples")
         heights = [p.get_height() for p in browser.ax_labels.patches]
         assert sum(heights) == n
+        # each digit's bar in that digit's class colour, as in plot_leaf_usage's stacked bars
+        np.testing.assert_allclose([p.get_facecolor() for p in browser.ax_labels.patches], viz.class_colors(4))
 
 
 def test_more_argument_checks_name_the_argument():
