@@ -510,13 +510,18 @@ def test_hardening_explorer_curves_keep_the_legend_off_a_collapsed_run():
     assert "leaves receive training points" in explorer.status.value and "nats" in explorer.status.value
 
 
-def test_partition_replay_curves_and_counts():
+def _replay(epochs, hardening):
+    """A depth-3 FFF trained on two moons with snapshots, its PartitionReplay and what built it."""
     X, y = two_moons(200, seed=0)
     model = fffcpu.FFF(2, 2, 2, 3, seed=0)
     recorder = viz.SnapshotRecorder(model)
-    history = fffcpu.train(model, X, y, lr=0.05, epochs=5, batch_size=32, hardening=30.0, progress=False, seed=0,
-                           callback=recorder)
-    replay = fw.PartitionReplay(recorder, X, y, history=history)
+    history = fffcpu.train(model, X, y, lr=0.05, epochs=epochs, batch_size=32, hardening=hardening, progress=False,
+                           seed=0, callback=recorder)
+    return fw.PartitionReplay(recorder, X, y, history=history), recorder, history, X, y
+
+
+def test_partition_replay_curves_and_counts():
+    replay, recorder, history, X, y = _replay(epochs=5, hardening=30.0)
     _curves_stay_clear_of_the_legend(replay.ax_curves, history)
     for epoch in (0, 5):
         replay.epoch.value = epoch
@@ -544,12 +549,7 @@ def test_hardening_explorer_reports_a_failed_training_and_recovers():
 
 
 def test_partition_replay_shows_the_chosen_epoch():
-    X, y = two_moons(200, seed=0)
-    model = fffcpu.FFF(2, 2, 2, 3, seed=0)
-    recorder = viz.SnapshotRecorder(model)
-    history = fffcpu.train(model, X, y, lr=0.05, epochs=6, batch_size=32, hardening=3.0, progress=False, seed=0,
-                           callback=recorder)
-    replay = fw.PartitionReplay(recorder, X, y, history=history)
+    replay, recorder, history, X, y = _replay(epochs=6, hardening=3.0)
     assert replay.epoch.options == tuple(range(7))
     assert replay.ax_hard.get_title() == "epoch 6: hard regions"
     for epoch in (0, 3):
