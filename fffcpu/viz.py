@@ -125,12 +125,7 @@ def route_details(model, x) -> dict:
     b = np.asarray(model.params["node_biases"], dtype=np.float64)
     logits = w @ x[0] + b
     p = sigmoid(logits)
-    reach = np.ones(1)
-    node_reach = np.empty(model.n_nodes)
-    for level in range(model.depth):
-        node_reach[tree.level_slice(level)] = reach
-        q = p[tree.level_slice(level)]
-        reach = np.stack([reach * (1 - q), reach * q], axis=1).reshape(-1)
+    node_reach, reach = (r[0] for r in _reaches(p[None], model.depth))
     node = 0
     path = []
     for _ in range(model.depth):
@@ -585,12 +580,20 @@ def mixture_weights(model, X) -> np.ndarray:
                          f"{model.input_width}, got shape {X.shape}")
     logits = X @ np.asarray(model.params["node_weights"], dtype=np.float64).T + \
         np.asarray(model.params["node_biases"], dtype=np.float64)
-    p = sigmoid(logits)
-    reach = np.ones((len(X), 1))
-    for level in range(model.depth):
+    return _reaches(sigmoid(logits), model.depth)[1]
+
+
+def _reaches(p: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """From the right-child weights p (n, 2**d - 1): the probability that the soft mixture reaches each node
+    (n, 2**d - 1) and each leaf (n, 2**d), level by level."""
+    n = len(p)
+    node_reach = np.empty(p.shape)
+    reach = np.ones((n, 1))
+    for level in range(depth):
+        node_reach[:, tree.level_slice(level)] = reach
         q = p[:, tree.level_slice(level)]
-        reach = np.stack([reach * (1 - q), reach * q], axis=2).reshape(len(X), -1)
-    return reach
+        reach = np.stack([reach * (1 - q), reach * q], axis=2).reshape(n, -1)
+    return node_reach, reach
 
 
 # ------------------------------------------------------------------------------------- training curves
