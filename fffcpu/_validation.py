@@ -50,11 +50,13 @@ def check_state_dict(state_dict, where: str) -> Mapping:
                     f"{type(state_dict).__name__}")
 
 
-def check_probability(value, name: str) -> float:
+def check_probability(value, name: str, *, below_one: bool = False) -> float:
+    """A number in [0, 1], or in [0, 1) with ``below_one``."""
+    interval = "[0, 1)" if below_one else "[0, 1]"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in [0, 1], got {value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r}")
+    if not (0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in {interval}, got {value}")
     return float(value)
 
 
@@ -83,14 +85,22 @@ def check_dtype(dtype) -> np.dtype:
         raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}") from None
     if dt.name not in FLOAT_DTYPES:
         raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got {dt.name!r}")
-    return dt
+    return dt.newbyteorder("=")  # the machine's byte order: '>f4' is float32 here
 
 
-def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite: bool = False) -> np.ndarray:
+#: Batches whose allocations stay below this are not checked against physical memory.
+SMALL_BATCH_BYTES = 1 << 28
+
+
+def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite: bool = False,
+                per_sample: int = 0, what: str = "this call") -> np.ndarray:
     """Return ``x`` as a 2-D array of ``dtype`` with ``n_features`` columns, or raise a clear error.
 
     Integers and booleans are converted; complex, object and string data are refused. With ``finite=True``
     NaN or Inf is refused too (training needs it; prediction lets NaN propagate, see ``FFF.predict``).
+    A batch whose converted copy plus ``per_sample`` bytes per row (what the caller will allocate: outputs,
+    caches) would not fit in physical memory is refused (``MemoryError`` naming ``what``) before anything is
+    allocated.
     """
     arr = as_array(x, name)
     if arr.dtype.kind in "cOSUVMm":
@@ -105,6 +115,10 @@ def check_input(x, n_features: int, dtype: np.dtype, *, name: str = "x", finite:
         raise ValueError(
             f"{name} has {arr.shape[1]} features, the model was built for input_width={n_features}"
         )
+    copied = arr.dtype != dtype or not arr.flags.c_contiguous  # converted here, or made contiguous by the caller
+    n_bytes = float(arr.shape[0]) * (per_sample + (n_features * np.dtype(dtype).itemsize if copied else 0))
+    if n_bytes > SMALL_BATCH_BYTES:  # (asking the OS for its memory size costs ~1 µs)
+        check_fits_in_memory(n_bytes, f"{what} on {arr.shape[0]:,} samples")
     if finite:
         check_finite(arr, name, dtype, "training needs finite inputs")
     with np.errstate(over="ignore"):  # (finite=False: values beyond the dtype's range become ±Inf, as documented)

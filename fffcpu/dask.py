@@ -64,7 +64,11 @@ def _prepare(model, X, client, n_jobs):
     resolve_n_jobs(n_jobs)  # a bad n_jobs fails now, not inside every task at compute()
     if client is not None and not callable(getattr(client, "scatter", None)):
         raise TypeError(f"client must be a distributed.Client (or None), got {type(client).__name__}")
-    X = X if isinstance(X, da.Array) else da.asarray(X)
+    if not isinstance(X, da.Array):
+        dtype = X.dtype if isinstance(X, np.ndarray) else np.asarray(X).dtype
+        if dtype.kind not in "fiub":  # (dask cannot even chunk an object array)
+            raise TypeError(f"X must hold real numbers, got dtype {dtype}")
+        X = da.asarray(X)
     if X.dtype.kind not in "fiub":
         raise TypeError(f"X must hold real numbers, got dtype {X.dtype}")
     if X.ndim != 2:

@@ -52,7 +52,7 @@ from contextlib import contextmanager, nullcontext
 import numba
 import numpy as np
 
-from ._validation import as_array, check_dtype, check_fits_in_memory, is_valid_input
+from ._validation import SMALL_BATCH_BYTES, as_array, check_dtype, check_fits_in_memory, is_valid_input
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
@@ -78,7 +78,6 @@ GROUPED_PER_LEAF = 8
 GROUPED_WIDE_LEAF = 64
 
 _PARALLEL_LOCK = threading.RLock()
-_SMALL_BATCH_BYTES = 1 << 28  # batches below this size are not checked against physical memory
 
 
 # --- threads ----------------------------------------------------------------------------------
@@ -174,9 +173,20 @@ def refuse_huge_batch(x, input_width: int, dtype, output_width: int):
         per_sample = output_width * itemsize + 4 * 8  # output + leaves, order, tile starts and leaves
         if arr.dtype != dtype or not arr.flags.c_contiguous:
             per_sample += input_width * itemsize  # the converted copy of x
-        if float(n) * per_sample > _SMALL_BATCH_BYTES:  # (asking the OS for its memory size costs ~1 µs)
+        if float(n) * per_sample > SMALL_BATCH_BYTES:  # (asking the OS for its memory size costs ~1 µs)
             check_fits_in_memory(float(n) * per_sample, f"hard inference on {n:,} samples")
     return arr
+
+
+def _check_x(x: np.ndarray) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"x must be 2-D (samples, input_width), got shape {x.shape}")
+
+
+def _activation_code(activation) -> int:
+    if activation not in _k.ACTIVATION_CODES:
+        raise ValueError(f"activation must be one of {sorted(_k.ACTIVATION_CODES)}, got {activation!r}")
+    return _k.ACTIVATION_CODES[activation]
 
 
 def _chunks(n_items: int, threads: int) -> int:
@@ -193,7 +203,9 @@ def route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: str 
     ``x`` must already have ``node_weights.shape[1]`` columns; it is made C-contiguous in the parameters' dtype.
     """
     _check_method(method)
-    x = _contiguous(x, node_weights.dtype)
+    x = _contiguous(x, getattr(node_weights, "dtype", None))
+    _check_x(x)
+    _node_arrays(node_weights, node_biases, depth, x.shape[1])
     n = x.shape[0]
     leaves = np.empty(n, dtype=np.int64)
     if n == 0:
@@ -223,15 +235,21 @@ def route_flipped(x, node_weights, node_biases, depth: int, flips=None) -> np.nd
     parallel launch would compete with BLAS threads still spinning. ``x`` must already have
     ``node_weights.shape[1]`` columns; it is made C-contiguous in the parameters' dtype.
     """
-    x = _contiguous(x, node_weights.dtype)
+    x = _contiguous(x, getattr(node_weights, "dtype", None))
+    _check_x(x)
+    _node_arrays(node_weights, node_biases, depth, x.shape[1])
     n = x.shape[0]
     leaves = np.zeros(n, dtype=np.int64)
     if n == 0 or depth == 0:
         return leaves
+    if flips is not None:
+        flips = np.ascontiguousarray(flips, dtype=np.bool_)
+        if flips.shape != (n, 2**depth - 1):
+            raise ValueError(f"flips must have shape {(n, 2**depth - 1)} (samples, nodes), got {flips.shape}")
     if flips is None:
         _k._route_serial(x, node_weights, node_biases, depth, leaves)
     else:
-        _k._route_flipped(x, node_weights, node_biases, depth, np.ascontiguousarray(flips, dtype=np.bool_), leaves)
+        _k._route_flipped(x, node_weights, node_biases, depth, flips, leaves)
     return leaves
 
 
@@ -254,9 +272,11 @@ def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method
         Where to write the result, already checked by the caller (``_validation.check_out``); a new array if None.
     """
     _check_method(method)
-    nw, nb, w1s, b1s, w2s, b2s = _param_arrays(params)
-    x = _contiguous(x, w1s.dtype)
-    n, act = x.shape[0], _k.ACTIVATION_CODES[activation]
+    act = _activation_code(activation)
+    x = _contiguous(x, getattr(params.get("w1s") if isinstance(params, dict) else None, "dtype", None))
+    _check_x(x)
+    nw, nb, w1s, b1s, w2s, b2s = _param_arrays(params, depth, x.shape[1])
+    n = x.shape[0]
     if out is None:
         out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
     if n == 0:
@@ -315,10 +335,12 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
     The same arithmetic as ``predict`` (bit for bit), for leaves chosen elsewhere (hard training, region leak).
     """
     _check_method(method)
-    _, _, w1s, b1s, w2s, b2s = _param_arrays(params)
-    x = _contiguous(x, w1s.dtype)
+    act = _activation_code(activation)
+    x = _contiguous(x, getattr(params.get("w1s") if isinstance(params, dict) else None, "dtype", None))
+    _check_x(x)
+    _, _, w1s, b1s, w2s, b2s = _param_arrays(params, None, x.shape[1])
     leaves = np.ascontiguousarray(leaves, dtype=np.int64)
-    n, act = x.shape[0], _k.ACTIVATION_CODES[activation]
+    n = x.shape[0]
     if leaves.shape != (n,):
         raise ValueError(f"leaves must have shape ({n},), got {leaves.shape}")
     if n and (leaves.min() < 0 or leaves.max() >= w1s.shape[0]):
@@ -347,10 +369,60 @@ def _parallel_lock(threads: int):
     return _PARALLEL_LOCK if threads > 1 else nullcontext()
 
 
-def _param_arrays(params: dict):
-    # No checks here (this is on the batch-1 path): the kernels refuse, at typing time, arrays that are not
-    # C-contiguous or not of one dtype, and the models create their parameters that way.
-    return (params["node_weights"], params["node_biases"], params["w1s"], params["b1s"], params["w2s"], params["b2s"])
+def _param_arrays(params: dict, depth: int | None = None, input_width: int | None = None):
+    """The six parameter arrays, after checking that they form one FFF (of ``depth`` and ``input_width`` when
+    given): the kernels index them by these shapes and would read out of bounds otherwise. (The batch-1 path,
+    ``predict_small``, skips this: it only runs on a model's own ``params``, whose arrays keep their shapes.)"""
+    names = ("node_weights", "node_biases", "w1s", "b1s", "w2s", "b2s")
+    if not isinstance(params, dict) or any(name not in params for name in names):
+        raise TypeError(f"params must be a dict with the arrays {list(names)} (e.g. FFF.params), got "
+                        + (f"keys {sorted(params)}" if isinstance(params, dict) else type(params).__name__))
+    arrays = tuple(params[name] for name in names)
+    nw, nb, w1s, b1s, w2s, b2s = arrays
+    for name, a in zip(names, arrays):
+        if not isinstance(a, np.ndarray) or a.dtype != w1s.dtype or a.dtype not in (np.float32, np.float64) \
+                or not a.flags.c_contiguous:
+            raise TypeError(f"params[{name!r}] must be a C-contiguous float32 or float64 array of the dtype of "
+                            f"w1s ({getattr(w1s, 'dtype', None)}), got "
+                            + (f"dtype {a.dtype}, {'C-' if a.flags.c_contiguous else 'not C-'}contiguous"
+                               if isinstance(a, np.ndarray) else type(a).__name__))
+    if w1s.ndim != 3 or w2s.ndim != 3:
+        raise ValueError(f"params['w1s'] and params['w2s'] must be 3-D, got shapes {w1s.shape} and {w2s.shape}")
+    n_leaves, n_in, leaf_width = w1s.shape
+    out_width = w2s.shape[2]
+    if depth is not None:
+        _check_depth(depth)
+    d = int(depth) if depth is not None else n_leaves.bit_length() - 1
+    expected = {"node_weights": (2**d - 1, n_in if input_width is None else input_width),
+                "node_biases": (2**d - 1,), "w1s": (2**d, n_in if input_width is None else input_width, leaf_width),
+                "b1s": (2**d, leaf_width), "w2s": (2**d, leaf_width, out_width), "b2s": (2**d, out_width)}
+    wrong = [f"{name} must have shape {expected[name]}, got {a.shape}"
+             for name, a in zip(names, arrays) if a.shape != expected[name]]
+    if wrong:
+        raise ValueError(f"params do not form an FFF of depth {d}"
+                         + (f" for inputs of width {input_width}" if input_width is not None else "")
+                         + ": " + "; ".join(wrong))
+    return arrays
+
+
+def _check_depth(depth) -> None:
+    if isinstance(depth, (bool, np.bool_)) or not isinstance(depth, (int, np.integer)) or not 0 <= depth <= 40:
+        raise ValueError(f"depth must be an integer from 0 to 40, got {depth!r}")
+
+
+def _node_arrays(node_weights, node_biases, depth: int, input_width: int):
+    """Check the routing arrays as ``_param_arrays`` does, for ``route``."""
+    for name, a in (("node_weights", node_weights), ("node_biases", node_biases)):
+        if not isinstance(a, np.ndarray) or a.dtype not in (np.float32, np.float64) or not a.flags.c_contiguous:
+            raise TypeError(f"{name} must be a C-contiguous float32 or float64 array, got "
+                            + (f"dtype {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__))
+    _check_depth(depth)
+    n_nodes = 2**int(depth) - 1
+    if node_weights.shape != (n_nodes, input_width) or node_biases.shape != (n_nodes,) \
+            or node_biases.dtype != node_weights.dtype:
+        raise ValueError(f"a tree of depth {depth} routing inputs of width {input_width} needs node_weights of shape "
+                         f"{(n_nodes, input_width)} and node_biases of shape {(n_nodes,)} of one dtype, got "
+                         f"{node_weights.shape} ({node_weights.dtype}) and {node_biases.shape} ({node_biases.dtype})")
 
 
 # --- warm-up --------------------------------------------------------------------------------------

@@ -364,23 +364,38 @@ class FFFClassifier(ClassifierMixin, _FFFModel, _Estimator):
             raise ValueError("classes must be given on the first call to partial_fit: every label y will take, "
                              "e.g. partial_fit(X, y, classes=np.unique(y_all))")
         options = self._check_params()
-        X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES, reset=first)
-        check_classification_targets(y)
         if classes is not None:
-            classes = np.unique(np.asarray(classes))
-            if first:
-                self._check_n_classes(classes, "classes")
-            elif not np.array_equal(classes, self.classes_):
+            classes = self._check_classes(classes)
+            if not first and not np.array_equal(classes, self.classes_):
                 raise ValueError(f"classes={classes.tolist()} differs from classes_={self.classes_.tolist()} "
                                  "of the first call to partial_fit")
-        if first:
-            codes = self._encode(y, classes)
-            self._start(X.shape[1], len(classes), options)
-            self.classes_ = classes
-        else:
-            codes = self._encode(y, self.classes_)
-        self._train(X, codes, 1, options)
+        # a first call that fails leaves the estimator unfitted (no n_features_in_ either)
+        with self._all_or_nothing() if first else contextlib.nullcontext():
+            X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES, reset=first)
+            check_classification_targets(y)
+            if first:
+                codes = self._encode(y, classes)
+                self._start(X.shape[1], len(classes), options)
+                self.classes_ = classes
+            else:
+                codes = self._encode(y, self.classes_)
+            self._train(X, codes, 1, options)
         return self
+
+    def _check_classes(self, classes) -> np.ndarray:
+        """``classes`` of ``partial_fit``: a 1-D array of at least two distinct labels, sorted and unique."""
+        classes = np.asarray(classes)
+        if classes.ndim != 1:
+            raise ValueError(f"classes must be a 1-D array of labels, got shape {classes.shape}")
+        try:
+            with np.errstate(invalid="ignore"):  # (scikit-learn's check casts None to a number)
+                check_classification_targets(classes)
+            classes = np.unique(classes)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"classes must be labels of one kind (integers or strings, no NaN or None): "
+                             f"{err}") from None
+        self._check_n_classes(classes, "classes")
+        return classes
 
     def predict(self, X):
         """Hard prediction: the label of the largest output of the one leaf each sample reaches.
@@ -488,15 +503,16 @@ class _Regression(RegressorMixin, _Estimator):
         """
         first = not self._is_started()
         options = self._check_params()
-        X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True, reset=first)
-        targets = y.reshape(len(y), -1)
-        if first:
-            self._start(X.shape[1], targets.shape[1], options)
-            self.n_outputs_, self._y_ndim = targets.shape[1], y.ndim
-        elif targets.shape[1] != self.n_outputs_:
-            raise ValueError(f"y has {targets.shape[1]} outputs, but {type(self).__name__} was trained with "
-                             f"{self.n_outputs_} outputs")
-        self._train(X, targets, 1, options)
+        with self._all_or_nothing() if first else contextlib.nullcontext():
+            X, y = validate_data(self, X, y, dtype=_FLOAT_DTYPES, multi_output=True, y_numeric=True, reset=first)
+            targets = y.reshape(len(y), -1)
+            if first:
+                self._start(X.shape[1], targets.shape[1], options)
+                self.n_outputs_, self._y_ndim = targets.shape[1], y.ndim
+            elif targets.shape[1] != self.n_outputs_:
+                raise ValueError(f"y has {targets.shape[1]} outputs, but {type(self).__name__} was trained with "
+                                 f"{self.n_outputs_} outputs")
+            self._train(X, targets, 1, options)
         return self
 
     def predict(self, X):

@@ -156,6 +156,7 @@ def cross_entropy(logits, labels):
     -------
     float
     """
+    labels = _check_labels(logits, labels)
     if len(labels) == 0:
         return 0.0
     return float(-log_softmax(logits)[np.arange(len(labels)), labels].mean())
@@ -163,9 +164,23 @@ def cross_entropy(logits, labels):
 
 def cross_entropy_grad(logits, labels):
     """``(softmax(logits) - onehot(labels)) / n``, shape (n, n_classes)."""
+    labels = _check_labels(logits, labels)
     grad = softmax(logits)
     grad[np.arange(len(labels)), labels] -= 1
     return grad / max(len(labels), 1)
+
+
+def _check_labels(logits, labels) -> np.ndarray:
+    """Class indices for the rows of ``logits``: integers in [0, n_classes) (a negative index would wrap)."""
+    labels = np.asarray(labels)
+    n, n_classes = np.shape(logits)
+    if labels.shape != (n,) or (labels.size and labels.dtype.kind not in "iu"):
+        raise ValueError(f"labels must be {n} integer class indices (one per row of logits), got dtype "
+                         f"{labels.dtype}, shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must be in [0, {n_classes}) for {n_classes} classes, got values from "
+                         f"{labels.min()} to {labels.max()}")
+    return labels
 
 
 def mean_squared_error(outputs, targets):

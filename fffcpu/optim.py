@@ -43,6 +43,28 @@ class Optimizer:
             ``rows[name]`` (shape ``(params[name].shape[0],)``) selects the rows of that parameter to update;
             the other rows and their optimizer state stay as they are. Missing names update fully.
         """
+        self.check_grads(grads)
+        if rows is not None and not isinstance(rows, dict):
+            raise TypeError(f"rows must be a dict of bool arrays or None, got {type(rows).__name__}")
+        masks = {} if rows is None else {name: rows[name] for name in self.params if name in rows}
+        for name, mask in masks.items():
+            shape = self.params[name].shape[:1]
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_ or mask.shape != shape:
+                given = (f"dtype {mask.dtype}, shape {mask.shape}" if isinstance(mask, np.ndarray)
+                         else type(mask).__name__)
+                raise ValueError(f"rows[{name!r}] must be a bool array of shape {shape} (one per row of the "
+                                 f"parameter), got {given}")
+        for name, param in self.params.items():
+            grad, mask = grads[name], masks.get(name)
+            if mask is None:
+                self._update(name, param, grad, slice(None))
+            else:
+                index = np.flatnonzero(mask)
+                if index.size:
+                    self._update(name, param, grad[index], index)
+
+    def check_grads(self, grads) -> None:
+        """Raise unless ``grads`` holds a floating-point array of each parameter's shape."""
         if not isinstance(grads, dict):
             raise TypeError(f"grads must be a dict of arrays with the keys of params, got {type(grads).__name__}")
         missing = [name for name in self.params if name not in grads]
@@ -51,22 +73,11 @@ class Optimizer:
                            f"{list(self.params)})")
         for name, param in self.params.items():
             grad = grads[name]
-            if not isinstance(grad, np.ndarray) or grad.shape != param.shape:
-                given = f"shape {grad.shape}" if isinstance(grad, np.ndarray) else type(grad).__name__
-                raise ValueError(f"grads[{name!r}] must be an array of the parameter's shape {param.shape}, "
-                                 f"got {given}: were the gradients computed for another model?")
-        for name, param in self.params.items():
-            mask = None if rows is None else rows.get(name)
-            grad = grads[name]
-            if mask is not None and np.shape(mask) != param.shape[:1]:
-                raise ValueError(f"rows[{name!r}] must be a bool array of shape {param.shape[:1]} (one per row of "
-                                 f"the parameter), got shape {np.shape(mask)}")
-            if mask is None:
-                self._update(name, param, grad, slice(None))
-            else:
-                index = np.flatnonzero(mask)
-                if index.size:
-                    self._update(name, param, grad[index], index)
+            if not isinstance(grad, np.ndarray) or grad.shape != param.shape or grad.dtype.kind != "f":
+                given = (f"dtype {grad.dtype}, shape {grad.shape}" if isinstance(grad, np.ndarray)
+                         else type(grad).__name__)
+                raise ValueError(f"grads[{name!r}] must be a floating-point array of the parameter's shape "
+                                 f"{param.shape}, got {given}: were the gradients computed for another model?")
 
     def _update(self, name, param, grad, index):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -108,11 +119,12 @@ class Adam(Optimizer):
             raise TypeError(f"decoupled_weight_decay must be True or False, got {decoupled_weight_decay!r}")
         self.decoupled = bool(decoupled_weight_decay)
         try:
-            self.beta1, self.beta2 = (check_probability(b, "betas") for b in betas)
+            # a beta of 1 never forgets its first moment and divides by zero in the bias correction
+            self.beta1, self.beta2 = (check_probability(b, "betas", below_one=True) for b in betas)
         except (TypeError, ValueError) as err:
             if "betas" in str(err):
                 raise
-            raise TypeError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1], got {betas!r}") from None
+            raise TypeError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}") from None
         self.eps = check_positive_float(eps, "eps")
         self.m = {name: np.zeros_like(p) for name, p in params.items()}
         self.v = {name: np.zeros_like(p) for name, p in params.items()}
@@ -221,6 +233,8 @@ class Localized:
         dict
             Block kind -> bool array of the blocks updated in this step.
         """
+        self.optimizer.check_grads(grads)
+        self._check_usage(usage)
         for kind, pending in self.pending.items():
             pending += usage[kind]
         due = {kind: pending >= self.local_batch_size for kind, pending in self.pending.items()}
@@ -237,6 +251,24 @@ class Localized:
         for kind, pending in self.pending.items():
             pending[due[kind]] = 0
         return due
+
+    def _check_usage(self, usage) -> None:
+        if not isinstance(usage, dict):
+            raise TypeError(f"usage must be a dict of block kind -> counts (model.block_usage), got "
+                            f"{type(usage).__name__}")
+        for kind, pending in self.pending.items():
+            if kind not in usage:
+                raise KeyError(f"usage has no counts for block kind {kind!r} (expected the kinds "
+                               f"{list(self.pending)}, as model.block_usage gives)")
+            counts = usage[kind]
+            if not isinstance(counts, np.ndarray) or counts.shape != pending.shape or counts.dtype.kind not in "fiu":
+                given = (f"dtype {counts.dtype}, shape {counts.shape}" if isinstance(counts, np.ndarray)
+                         else type(counts).__name__)
+                raise ValueError(f"usage[{kind!r}] must be a numeric array of shape {pending.shape} (one count per "
+                                 f"block), got {given}")
+            if not (np.isfinite(counts).all() and (counts >= 0).all()):
+                raise ValueError(f"usage[{kind!r}] must hold finite counts >= 0, got values from {counts.min()} to "
+                                 f"{counts.max()}")
 
 
 def LocalSGD(params: dict, blocks: dict, lr: float = 0.01, *, local_batch_size: float, counts: str = "soft",
@@ -268,6 +300,11 @@ def make_optimizer(name: str, model, lr: float, *, local_batch_size: float | Non
     if base != name and not getattr(model, "param_blocks", None):
         raise ValueError(f"optimizer={name!r} needs a model with node/leaf blocks (an FFF); "
                          f"{type(model).__name__} has none: use {base!r}")
+    if counts not in ("soft", "hard"):
+        raise ValueError(f"counts must be 'soft' or 'hard', got {counts!r}")
+    if base == name and local_batch_size is not None:
+        raise ValueError(f"local_batch_size only applies to the localized optimizers ('local_{base}'), not to "
+                         f"optimizer={name!r}")
     optimizer = _OPTIMIZERS[base](model.params, lr, **options)
     if base == name:
         return optimizer

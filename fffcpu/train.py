@@ -229,6 +229,10 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
     localized = isinstance(opt, Localized)
     if localized and not hasattr(model, "block_usage"):
         raise ValueError(f"{type(model).__name__} has no node/leaf blocks to localize: use 'adam' or 'sgd'")
+    if localized and opt.local_batch_size > len(X) * epochs:
+        # even the root, which every sample reaches, would never be due: nothing would be trained
+        raise ValueError(f"local_batch_size={opt.local_batch_size:g} is more than the {len(X) * epochs:,} samples "
+                         f"that {epochs} epoch(s) of {len(X):,} samples present: no block would ever be updated")
 
     rng = np.random.default_rng(seed)
     snapshot = {name: np.empty_like(p) for name, p in model.params.items()}
@@ -268,13 +272,20 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                        "the model keeps the last finite weights") + ". Try a smaller lr.", history)
             for name, p in model.params.items():
                 np.copyto(snapshot[name], p)
-            with np.errstate(over="ignore"):  # weights that overflow are caught by the next batch's checks
+            with np.errstate(over="ignore", invalid="ignore"):  # non-finite weights are caught below
                 if localized:
                     opt.step(model.grads, model.block_usage(opt.counts))
                 else:
                     opt.step(model.grads)
             total_loss += batch_loss * len(rows)
             total_entropy += entropy * len(rows)
+        if not all(np.isfinite(p).all() for p in model.params.values()):
+            # the epoch's last update, which no later batch checks
+            _restore(model, snapshot, True)
+            bar.close()
+            raise TrainingDiverged(
+                f"the weights became NaN or Inf in the last update of epoch {epoch + 1}; the model keeps the weights "
+                "before it. Try a smaller lr.", history)
         metrics = {"loss": total_loss / len(X), "entropy": total_entropy / len(X)}
         metrics["objective"] = metrics["loss"] + h * metrics["entropy"]
         if sharpening is not None:

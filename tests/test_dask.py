@@ -67,6 +67,8 @@ def test_models_clients_and_dtypes_are_checked_when_the_graph_is_built(data):
         fdask.predict(model, X, client="x")
     with pytest.raises(TypeError, match="X must hold real numbers, got dtype <U1"):
         fdask.predict(model, np.full((4, 30), "a"))
+    with pytest.raises(TypeError, match="X must hold real numbers, got dtype object"):
+        fdask.predict(model, np.zeros((4, 30)).astype(object))
 
 
 def test_ultrafff_tasks_use_n_jobs_threads(data):

@@ -166,6 +166,32 @@ def test_classifier_partial_fit(digits):
         clf.partial_fit(X_train[:5, :63], y_train[:5])
 
 
+@pytest.mark.parametrize("classes, message", [
+    ([0, 1, np.nan], "classes must be labels of one kind .*NaN"),
+    ([[0, 1], [1, 0]], r"classes must be a 1-D array of labels, got shape \(2, 2\)"),
+    ([0, 1, None], "classes must be labels of one kind"),
+    ([1, 1], "needs at least 2 classes, got 1 class in classes"),
+])
+def test_partial_fit_checks_classes(classes, message):
+    X, y = np.random.default_rng(0).random((20, 4)), np.arange(20) % 2
+    clf = FFFClassifier(depth=1, epochs=1)
+    with pytest.raises(ValueError, match=message):
+        clf.partial_fit(X, y, classes=classes)
+    assert not hasattr(clf, "n_features_in_")
+
+
+@pytest.mark.parametrize("make", [lambda: FFFClassifier(depth=1), lambda: FFFRegressor(depth=1)])
+def test_a_failed_first_partial_fit_leaves_the_estimator_unfitted(make):
+    X = np.random.default_rng(0).random((20, 4))
+    est = make()
+    bad_y = np.full(20, 5) if isinstance(est, FFFClassifier) else np.full(20, np.nan)
+    with pytest.raises(ValueError):
+        est.partial_fit(X, bad_y, **({"classes": [0, 1]} if isinstance(est, FFFClassifier) else {}))
+    assert not hasattr(est, "n_features_in_") and not hasattr(est, "model_")
+    with pytest.raises(NotFittedError):
+        est.predict(X)
+
+
 def test_partial_fit_after_fit_continues_and_fit_restarts():
     X, y = _sine(200)
     reg = FFFRegressor(depth=1, random_state=0, **FAST).fit(X, y)

@@ -618,3 +618,22 @@ def test_inputs_from_pandas_nullable_columns_masked_arrays_and_ragged_lists():
     np.testing.assert_array_equal(model.predict(np.ma.masked_array(x)), model.predict(x))
     with pytest.raises(ValueError, match="x must be a 2-D array .* rows of different lengths"):
         model.predict([[1.0, 2.0], [3.0]])
+
+
+@pytest.mark.parametrize("labels, message", [
+    ([0, 1, -1], r"labels must be in \[0, 3\) for 3 classes, got values from -1 to 1"),
+    ([0, 1, 5], r"labels must be in \[0, 3\) for 3 classes, got values from 0 to 5"),
+    ([0.0, 1.0, 2.0], r"labels must be 3 integer class indices .* got dtype float64"),
+    ([0, 1], r"labels must be 3 integer class indices .* shape \(2,\)"),
+])
+def test_cross_entropy_refuses_labels_that_index_no_class(labels, message):
+    # a label of -1 would silently pick the last class
+    for f in (cross_entropy, cross_entropy_grad):
+        with pytest.raises(ValueError, match=message):
+            f(np.zeros((3, 3)), np.array(labels))
+
+
+def test_dtype_in_another_byte_order_is_the_native_float():
+    model = FFF(4, 2, 3, 2, dtype=">f4", seed=0)
+    assert model.dtype == np.float32 and model.dtype.isnative
+    np.testing.assert_array_equal(model.predict(np.ones((2, 4))), FFF(4, 2, 3, 2, seed=0).predict(np.ones((2, 4))))

@@ -514,3 +514,37 @@ def test_leaf_order_is_a_stable_argsort(n_leaves):
     leaves = np.random.default_rng(n_leaves).integers(0, n_leaves, size=1000)
     np.testing.assert_array_equal(kernels._leaf_order(leaves, n_leaves), np.argsort(leaves, kind="stable"))
     assert kernels._leaf_order(leaves[:0], n_leaves).shape == (0,)
+
+
+def test_engine_checks_the_arrays_it_hands_to_the_kernels():
+    # the kernels index the parameters by their shapes: arrays that do not form one FFF would be read out of bounds
+    model = FFF(4, 2, 3, 2, seed=0)
+    p, x = model.params, np.ones((20, 4), np.float32)
+    nw, nb = p["node_weights"], p["node_biases"]
+    cases = [
+        (lambda: engine.predict(np.ones((20, 2), np.float32), p, 2, "relu"), ValueError,
+         r"params do not form an FFF of depth 2 for inputs of width 2: node_weights must have shape \(3, 2\), got "
+         r"\(3, 4\); w1s must have shape \(4, 2, 2\), got \(4, 4, 2\)"),
+        (lambda: engine.predict(x, p, 3, "relu"), ValueError, r"depth 3 .* node_weights must have shape \(7, 4\)"),
+        (lambda: engine.predict(x, p, 2, "swish"), ValueError, "activation must be one of .* got 'swish'"),
+        (lambda: engine.predict(x[0], p, 2, "relu"), ValueError, r"x must be 2-D .* got shape \(4,\)"),
+        (lambda: engine.predict(x, {**p, "b2s": np.zeros((4, 3))}, 2, "relu"), TypeError,
+         r"params\['b2s'\] must be a C-contiguous float32 or float64 array of the dtype of w1s \(float32\), got "
+         r"dtype float64"),
+        (lambda: engine.predict(x, {**p, "w1s": np.zeros((2, 4, 2), np.float32)}, 2, "relu"), ValueError,
+         r"w1s must have shape \(4, 4, 2\), got \(2, 4, 2\)"),
+        (lambda: engine.predict(x, {"w1s": p["w1s"]}, 2, "relu"), TypeError, "params must be a dict with the arrays"),
+        (lambda: engine.predict(x, p, -1, "relu"), ValueError, "depth must be an integer from 0 to 40, got -1"),
+        (lambda: engine.route(x, nw, nb, 5), ValueError,
+         r"a tree of depth 5 routing inputs of width 4 needs node_weights of shape \(31, 4\)"),
+        (lambda: engine.route(x[:, :2], nw, nb, 2), ValueError, r"needs node_weights of shape \(3, 2\)"),
+        (lambda: engine.route(x, nw.astype(np.float64), nb, 2), ValueError, "of one dtype"),
+        (lambda: engine.route(x, np.asfortranarray(nw), nb, 2), TypeError, "node_weights must be a C-contiguous"),
+        (lambda: engine.leaf_outputs(x, np.zeros(20, int), {**p, "b1s": np.zeros((4, 3), np.float32)}, "relu"),
+         ValueError, r"b1s must have shape \(4, 2\), got \(4, 3\)"),
+        (lambda: engine.route_flipped(x, nw, nb, 2, np.zeros((20, 2), bool)), ValueError,
+         r"flips must have shape \(20, 3\) \(samples, nodes\), got \(20, 2\)"),
+    ]
+    for call, error, message in cases:
+        with pytest.raises(error, match=message):
+            call()

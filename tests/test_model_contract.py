@@ -1,5 +1,9 @@
 """What every model promises, checked once for all of them."""
 
+import copy
+import pickle
+import re
+
 import numpy as np
 import pytest
 
@@ -58,3 +62,58 @@ def test_parameters_are_64_byte_aligned_and_stay_so(make):
     assert all(p.ctypes.data % 64 == 0 and p.flags.c_contiguous for p in model.params.values())
     model.set_params({k: np.ones(v.shape) for k, v in model.params.items()})
     assert all(p.ctypes.data % 64 == 0 and (p == 1).all() for p in model.params.values())
+
+
+@pytest.mark.parametrize("name, method", ENTRY_POINTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batches_beyond_memory_are_refused_before_allocating(name, method, dtype):
+    # a broadcast view takes no memory; its conversion, output and caches would take terabytes
+    x = np.broadcast_to(np.zeros(4, dtype), (10**11, 4))
+    with pytest.raises(MemoryError, match=r"on 100,000,000,000 samples would need .* more than this machine's"):
+        getattr(MODELS[name](), method)(x)
+
+
+@pytest.mark.parametrize("make", [*MODELS.values(), lambda: UltraFFF(4, 2, 2).to_bfloat16()],
+                         ids=[*MODELS.keys(), "BFloat16UltraFFF"])
+def test_params_keep_their_names_shapes_and_dtypes(make):
+    # the kernels read the arrays as they are: a replacement of another shape would be read out of bounds
+    model = make()
+    x = np.random.default_rng(0).normal(size=(40, 4))
+    expected = model.predict(x)
+    name, array = next(iter(model.params.items()))
+    bad = [np.zeros(array.shape[:-1] + (array.shape[-1] + 1,), array.dtype),  # a longer last axis
+           array.astype(np.float64 if array.dtype != np.float64 else np.float32),  # another dtype
+           np.asfortranarray(np.broadcast_to(array, (2,) + array.shape))[0],  # not C-contiguous
+           array.tolist()]
+    for value in bad:
+        with pytest.raises(ValueError, match=re.escape(f"params['{name}'] must be a C-contiguous array of shape "
+                                                       f"{array.shape} and dtype {array.dtype}, got")):
+            model.params[name] = value
+        with pytest.raises(ValueError, match=rf"params\['{name}'\] must be"):
+            model.params.update({name: value})
+    with pytest.raises(KeyError, match="no parameter 'extra': the parameters are"):
+        model.params["extra"] = array.copy()
+    for change in (lambda p: p.pop(name), lambda p: p.popitem(), lambda p: p.clear(), lambda p: p.__delitem__(name),
+                   lambda p: p.setdefault("extra", array)):
+        with pytest.raises(TypeError, match="the parameter names of a model are fixed"):
+            change(model.params)
+    np.testing.assert_array_equal(model.predict(x), expected)
+    model.params[name] = array.copy()  # an array of the same shape, dtype and layout may take its place
+    np.testing.assert_array_equal(model.predict(x), expected)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert type(clone.params) is type(model.params)
+        np.testing.assert_array_equal(clone.predict(x), expected)
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_set_params_refuses_values_beyond_the_dtype(make):
+    model = make()
+    before = {k: v.copy() for k, v in model.params.items()}
+    values = {k: v.astype(np.float64) for k, v in model.params.items()}
+    last = list(values)[-1]
+    values[last][...] = 1e300
+    with pytest.raises(ValueError, match=rf"parameter '{last}' holds values up to 1e\+300, beyond the range of "
+                                         r"float32 \(largest 3.4e\+38\): they would become Inf"):
+        model.set_params(values)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])  # nothing changed, the checks come first

@@ -202,15 +202,25 @@ def test_gradients_of_the_wrong_shape_are_refused_before_any_update(make):
     # the fused Adam kernel walks the parameter's size: a shorter gradient would be read past its end
     params = {"w": np.ones(1000, np.float32), "b": np.ones(3, np.float32)}
     opt = make(params)
-    with pytest.raises(ValueError, match=r"grads\['w'\] must be an array of the parameter's shape \(1000,\), got "
-                                         r"shape \(1,\)"):
+    with pytest.raises(ValueError, match=r"grads\['w'\] must be a floating-point array of the parameter's shape "
+                                         r"\(1000,\), got dtype float32, shape \(1,\)"):
         opt.step({"w": np.zeros(1, np.float32), "b": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match=r"grads\['w'\] .* got dtype <U1, shape \(1000,\)"):
+        opt.step({"w": np.full(1000, "a"), "b": np.zeros(3, np.float32)})
     with pytest.raises(KeyError, match=r"no gradient for parameter\(s\) \['b'\]"):
         opt.step({"w": np.zeros(1000, np.float32)})
     with pytest.raises(TypeError, match="grads must be a dict"):
         opt.step([np.zeros(1000, np.float32)])
+    grads = {"w": np.ones(1000, np.float32), "b": np.ones(3, np.float32)}
     with pytest.raises(ValueError, match=r"rows\['w'\] must be a bool array of shape \(1000,\)"):
-        opt.step({"w": np.zeros(1000, np.float32), "b": np.zeros(3, np.float32)}, rows={"w": np.ones(5, bool)})
+        opt.step(grads, rows={"w": np.ones(5, bool)})
+    with pytest.raises(ValueError, match=r"rows\['w'\] must be a bool array .* got dtype int64"):
+        opt.step(grads, rows={"w": np.ones(1000, np.int64)})
+    # a bad mask of the second parameter is found before the first one is updated
+    with pytest.raises(ValueError, match=r"rows\['b'\] must be a bool array .* got list"):
+        opt.step(grads, rows={"w": np.ones(1000, bool), "b": [True, True, True]})
+    with pytest.raises(TypeError, match="rows must be a dict of bool arrays or None, got list"):
+        opt.step(grads, rows=[np.ones(1000, bool)])
     assert (params["w"] == 1).all() and (params["b"] == 1).all()
 
 
@@ -226,3 +236,40 @@ def test_localized_optimizers_name_the_missing_blocks_first():
 
     with pytest.raises(ValueError, match="needs a model with node/leaf blocks .* UltraFFF has none: use 'adam'"):
         make_optimizer("local_adam", UltraFFF(4, 3, 2, seed=0), 1e-3)
+
+
+@pytest.mark.parametrize("beta", [(1.0, 0.999), (0.9, 1.0), (-0.1, 0.999), (0.9, 1.5)])
+def test_adam_betas_must_be_below_one(beta):
+    # a beta of 1 divides by zero in the bias correction (1 - beta^t)
+    with pytest.raises(ValueError, match=r"betas must be in \[0, 1\), got"):
+        Adam({"w": np.ones(3)}, betas=beta)
+
+
+def test_localized_step_checks_usage_before_accumulating():
+    model = FFF(4, 2, 3, 2, seed=0)
+    opt = make_optimizer("local_sgd", model, 0.1, local_batch_size=4)
+    before = {k: v.copy() for k, v in model.params.items()}
+    grads = {k: np.ones_like(v) for k, v in model.params.items()}
+    usage = {"node": np.ones(3), "leaf": np.ones(4)}
+    cases = [
+        ({"node": np.ones(3)}, KeyError, "usage has no counts for block kind 'leaf'"),
+        ({"node": np.ones(2), "leaf": np.ones(4)}, ValueError, r"usage\['node'\] must be a numeric array of shape "
+                                                                r"\(3,\) .* got dtype float64, shape \(2,\)"),
+        ({"node": np.ones(3), "leaf": [1, 1, 1, 1]}, ValueError, r"usage\['leaf'\] .* got list"),
+        ({"node": -np.ones(3), "leaf": np.ones(4)}, ValueError, r"usage\['node'\] must hold finite counts >= 0"),
+        ({"node": np.full(3, np.nan), "leaf": np.ones(4)}, ValueError, "finite counts"),
+        ([np.ones(3)], TypeError, "usage must be a dict"),
+    ]
+    for bad, error, message in cases:
+        with pytest.raises(error, match=message):
+            opt.step(grads, bad)
+    with pytest.raises(ValueError, match=r"grads\['w1s'\] must be a floating-point array"):
+        opt.step({**grads, "w1s": np.ones(3)}, usage)
+    for kind, pending in opt.pending.items():
+        assert (pending == 0).all(), kind
+    for name, acc in opt.accumulated.items():
+        assert (acc == 0).all(), name
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])
+    opt.step(grads, usage)
+    assert opt.pending["node"][0] == 1

@@ -54,8 +54,10 @@ def test_other_optimizers_reduce_the_loss(digits, optimizer):
     X_train, _, y_train, _ = digits
     model = FFF(64, 4, 10, 3, seed=1)
     options = {"lr": 0.1, "momentum": 0.9} if "sgd" in optimizer else {"lr": 1e-2}
-    history = train(model, X_train, y_train, optimizer=optimizer, epochs=6, batch_size=64, local_batch_size=64,
-                    seed=0, progress=False, **options)
+    if optimizer.startswith("local_"):
+        options["local_batch_size"] = 64
+    history = train(model, X_train, y_train, optimizer=optimizer, epochs=6, batch_size=64, seed=0, progress=False,
+                    **options)
     assert history["loss"][-1] < 0.6 * history["loss"][0]
 
 
@@ -97,6 +99,21 @@ def test_divergence_stops_with_last_finite_weights():
     assert isinstance(info.value.history, fffcpu.History)
 
 
+@pytest.mark.parametrize("make", [lambda: FFF(4, 2, 3, 2, seed=0), lambda: FF(4, 8, 3, seed=0),
+                                  lambda: fffcpu.UltraFFF(4, 3, 2, seed=0)])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_divergence_in_the_last_update_is_caught(make, optimizer):
+    # one batch, one epoch: no later batch checks the update, which makes every weight non-finite
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 4)), rng.integers(0, 3, 40)
+    model = make()
+    before = {k: v.copy() for k, v in model.params.items()}
+    with pytest.raises(TrainingDiverged, match="last update of epoch 1; the model keeps the weights before it"):
+        train(model, X, y, optimizer=optimizer, lr=1e300, epochs=1, batch_size=40, progress=False)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 @pytest.mark.parametrize(
     "X, y, kwargs, error, message",
     [
@@ -117,6 +134,12 @@ def test_divergence_stops_with_last_finite_weights():
         (np.zeros((5, 4)), np.full((5, 3), np.inf), {"loss": "mse"}, ValueError, "y contains NaN or Inf"),
         (np.zeros((5, 4)), np.zeros(5, int), {"validation": np.zeros(3)}, TypeError, "validation must be a pair"),
         (np.zeros((5, 4), dtype=complex), np.zeros(5, int), {}, TypeError, "complex"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"optimizer": "local_adam", "local_batch_size": 11, "epochs": 2},
+         ValueError, "local_batch_size=11 is more than the 10 samples that 2 epoch"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"local_batch_size": 4}, ValueError,
+         "local_batch_size only applies to the localized optimizers .'local_adam'., not to optimizer='adam'"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"usage_counts": "x"}, ValueError,
+         "counts must be 'soft' or 'hard', got 'x'"),
     ],
 )
 def test_bad_training_input(X, y, kwargs, error, message):

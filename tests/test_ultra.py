@@ -359,6 +359,11 @@ def test_state_dict_errors(change, kwargs, error, message):
         UltraFFF.from_state_dict(state, **kwargs)
 
 
+def test_state_dict_errors_list_keys_of_any_type():
+    with pytest.raises(KeyError, match=r"state dict has no 'linear_in.weight'.* got \['1', 'a'\]"):
+        UltraFFF.from_state_dict({1: 2, "a": 3})
+
+
 def test_state_dict_must_be_a_mapping():
     class Module:  # a torch module passed instead of its state_dict()
         def state_dict(self):

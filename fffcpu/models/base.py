@@ -9,6 +9,53 @@ import numpy as np
 from .._validation import check_dtype, check_fits_in_memory, check_input, check_seed, format_bytes
 
 
+class Parameters(dict):
+    """A model's parameter arrays by name (``model.params``): a dict whose names are fixed and whose arrays keep
+    their shapes and dtypes.
+
+    The kernels read these arrays as they are, so an array put in place of another must have the same shape and
+    dtype and be C-contiguous; anything else is refused here rather than read out of bounds later. The usual ways
+    to change parameters write into the arrays: ``model.params[name][...] = values`` or ``model.set_params``.
+    (An optimizer holds the arrays it was built on: after replacing one, build the optimizer again.)
+    """
+
+    def __setitem__(self, name, value):
+        self._check(name, value)
+        dict.__setitem__(self, name, value)
+
+    def update(self, *args, **kwargs):
+        items = dict(*args, **kwargs)
+        for name, value in items.items():  # every array checked before any is replaced
+            self._check(name, value)
+        for name, value in items.items():
+            dict.__setitem__(self, name, value)
+
+    def _check(self, name, value) -> None:
+        if name not in self:
+            raise KeyError(f"no parameter {name!r}: the parameters are {list(self)}")
+        old = dict.__getitem__(self, name)
+        if (not isinstance(value, np.ndarray) or value.shape != old.shape or value.dtype != old.dtype
+                or not value.flags.c_contiguous):
+            given = (f"{'a C-contiguous' if value.flags.c_contiguous else 'a non-contiguous'} array of shape "
+                     f"{value.shape} and dtype {value.dtype}" if isinstance(value, np.ndarray)
+                     else type(value).__name__)
+            raise ValueError(f"params[{name!r}] must be a C-contiguous array of shape {old.shape} and dtype "
+                             f"{old.dtype}, got {given} (to change values, write into the array: "
+                             f"params[{name!r}][...] = values)")
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError(f"the parameter names of a model are fixed: {list(self)}")
+
+    __delitem__ = pop = popitem = clear = setdefault = _fixed
+
+    def __reduce__(self):  # copy and pickle as the plain dict of arrays
+        return type(self), (dict(self),)
+
+
 class Model:
     """Base class of the models: ``params`` and ``grads`` are dicts of NumPy arrays with the same keys.
 
@@ -29,8 +76,9 @@ class Model:
         self.seed = check_seed(seed)
         self.rng = np.random.default_rng(seed)
         n_bytes = self.n_parameters * self.dtype.itemsize
-        check_fits_in_memory(2 * n_bytes, f"{type(self).__name__} parameters and gradients ({self.n_parameters:,} values)")
-        self.params = self._init_params(self.rng)
+        check_fits_in_memory(2 * n_bytes,
+                             f"{type(self).__name__} parameters and gradients ({self.n_parameters:,} values)")
+        self.params = Parameters(self._init_params(self.rng))
         self._grads = None
         self._cache = None
 
@@ -67,8 +115,11 @@ class Model:
             params[name] -= bounds[name]
         return params
 
-    def _check_x(self, x, *, finite: bool = False, name: str = "x"):
-        return check_input(x, self.input_width, self.dtype, name=name, finite=finite)
+    def _check_x(self, x, *, finite: bool = False, name: str = "x", per_sample: int = 0, what: str = "this call"):
+        """``x`` checked and converted (``check_input``); ``per_sample``: the bytes per row the caller will
+        allocate, for the memory check made before the conversion."""
+        return check_input(x, self.input_width, self.dtype, name=name, finite=finite, per_sample=per_sample,
+                           what=what)
 
     def _check_dy(self, dy, n: int):
         dy = np.asarray(dy)
@@ -99,6 +150,13 @@ class Model:
                 raise ValueError(f"parameter {name!r} must have shape {tuple(shape)}, got {value.shape}")
             if value.dtype.kind not in "fiu":
                 raise TypeError(f"parameter {name!r} must be real numbers, got dtype {value.dtype}")
+            target = self.params[name].dtype
+            if value.dtype.kind == "f" and value.dtype.itemsize > target.itemsize and value.size:
+                largest = float(np.max(np.abs(value), initial=0, where=np.isfinite(value)))
+                limit = float(np.finfo(target).max)
+                if largest > limit:
+                    raise ValueError(f"parameter {name!r} holds values up to {largest:.3g}, beyond the range of "
+                                     f"{target} (largest {limit:.3g}): they would become Inf")
         # Copy into the existing arrays, so that optimizers holding references to them stay valid.
         for name in expected:
             np.copyto(self.params[name], np.asarray(params[name]), casting="unsafe")

@@ -65,7 +65,8 @@ class FF(Model):
 
     def predict(self, x) -> np.ndarray:
         """``act(x W1 + b1) W2 + b2`` for a batch, shape (n, output_width); keeps no cache."""
-        x = self._check_x(x)
+        x = self._check_x(x, per_sample=(2 * self.hidden_width + self.output_width) * self.dtype.itemsize,
+                          what="FF.predict")
         p = self.params
         return self._act(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
 
@@ -73,7 +74,8 @@ class FF(Model):
 
     def forward(self, x) -> np.ndarray:
         """Training forward; keeps what ``backward`` needs. Returns shape (n, output_width)."""
-        x = self._check_x(x)
+        x = self._check_x(x, per_sample=(3 * self.hidden_width + self.output_width) * self.dtype.itemsize,
+                          what="a training forward")
         p = self.params
         pre = x @ p["w1"] + p["b1"]
         hidden = self._act(pre)

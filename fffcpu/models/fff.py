@@ -301,7 +301,7 @@ class FFF(Model):
         ndarray, shape (n, output_width)
         """
         chunk_size = check_positive_int(chunk_size, "chunk_size")
-        x = self._check_x(x)
+        x = self._check_x(x, per_sample=self.output_width * self.dtype.itemsize, what="FFF.predict_soft")
         total = physical_memory_bytes()
         if total is not None:
             chunk_size = max(1, min(chunk_size, total // 4 // self._forward_bytes_per_sample()))
@@ -335,9 +335,9 @@ class FFF(Model):
         -------
         ndarray, shape (n, output_width)
         """
-        x = self._check_x(x)
+        x = self._check_x(x, per_sample=self._forward_bytes_per_sample(), what="a training forward")
         n = len(x)
-        check_fits_in_memory(n * self._forward_bytes_per_sample(), f"a training forward of {n} samples")
+        check_fits_in_memory(n * self._forward_bytes_per_sample(), f"a training forward of {n:,} samples")
         if flips is None and self.region_leak > 0 and self.n_nodes > 0:
             flips = self.leak_rng.random((n, self.n_nodes)) < self.region_leak
         elif flips is not None:

@@ -32,11 +32,11 @@ import math
 
 import numpy as np
 
-from .._validation import (check_fits_in_memory, check_input, check_out, check_positive_int, check_state_dict,
+from .._validation import (check_input, check_out, check_positive_int, check_state_dict,
                            format_bytes, is_valid_input)
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
-from .base import Model, _aligned_empty
+from .base import Model, Parameters, _aligned_empty
 
 __all__ = ["UltraFFF", "masked_forward", "masked_backward", "path_mask"]
 
@@ -222,7 +222,7 @@ class UltraFFF(Model):
         -------
         ndarray of int64, shape (n, trees), values in [0, 2**depth)
         """
-        x = np.ascontiguousarray(self._check_x(x))
+        x = np.ascontiguousarray(self._check_x(x, per_sample=8 * self.trees, what="UltraFFF.route"))
         w_in, b_in, _ = self._weights()
         leaves = np.empty((len(x), self.trees), dtype=np.int64)
         _kernels.route(x, w_in, b_in, self.depth, leaves)
@@ -253,7 +253,8 @@ class UltraFFF(Model):
                 kernel(x, p["w_in"], p["b_in"], p["w_out"], self._act_code, y)
                 return y
         else:
-            x = np.ascontiguousarray(self._check_x(x))
+            x = np.ascontiguousarray(self._check_x(x, per_sample=self.output_width * self.dtype.itemsize,
+                                                   what="UltraFFF.predict"))
         y = self._output(x, out)
         _kernels.predict(x, *self._weights(), self._act_code, self.depth, y)
         return y
@@ -297,10 +298,9 @@ class UltraFFF(Model):
         -------
         ndarray, shape (n, output_width)
         """
-        x = np.ascontiguousarray(self._check_x(x))
+        per_sample = (self.output_width + 3 * self.trees * (self.depth + 1)) * 8
+        x = np.ascontiguousarray(self._check_x(x, per_sample=per_sample, what="an UltraFFF training forward"))
         n, shape = len(x), (len(x), self.trees, self.depth + 1)
-        check_fits_in_memory(n * (self.output_width + 3 * shape[1] * shape[2]) * 8,
-                             f"an UltraFFF training forward of {n} samples")
         nodes = np.empty(shape, dtype=np.int64)
         logits = np.empty(shape, dtype=self.dtype)
         acts = np.empty(shape, dtype=self.dtype)
@@ -375,7 +375,7 @@ class UltraFFF(Model):
         for key in _STATE_KEYS:
             if prefix + key not in state_dict:
                 raise KeyError(f"state dict has no {prefix + key!r}; expected the keys "
-                               f"{[prefix + k for k in _STATE_KEYS]}, got {sorted(state_dict)[:10]}")
+                               f"{[prefix + k for k in _STATE_KEYS]}, got {sorted(map(str, state_dict))[:10]}")
             arrays[key] = _as_numpy(state_dict[prefix + key], prefix + key)
         w_in, b_in, w_out = (arrays[k] for k in _STATE_KEYS)
         if w_in.ndim != 2:
@@ -466,17 +466,17 @@ class BFloat16UltraFFF:
         self.input_width, self.output_width = layer.input_width, layer.output_width
         self.depth, self.trees, self.activation = layer.depth, layer.trees, layer.activation
         self._act_code = layer._act_code
-        self.params = {"w_in": _aligned_copy(to_bfloat16_bits(layer.params["w_in"])),
-                       "b_in": layer.params["b_in"].copy(),
-                       "w_out": _aligned_copy(to_bfloat16_bits(layer.params["w_out"]))}
+        self.params = Parameters({"w_in": _aligned_copy(to_bfloat16_bits(layer.params["w_in"])),
+                                  "b_in": layer.params["b_in"].copy(),
+                                  "w_out": _aligned_copy(to_bfloat16_bits(layer.params["w_out"]))})
 
     @property
     def nbytes(self) -> int:
         """Bytes of the weights (half those of the float32 layer, apart from the biases)."""
         return sum(a.nbytes for a in self.params.values())
 
-    def _check_x(self, x):
-        return check_input(x, self.input_width, self.dtype)
+    def _check_x(self, x, *, per_sample: int = 0, what: str = "this call"):
+        return check_input(x, self.input_width, self.dtype, per_sample=per_sample, what=what)
 
     def _weights(self):
         p = self.params
