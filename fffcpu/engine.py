@@ -373,17 +373,17 @@ def _param_arrays(params: dict, depth: int | None = None, input_width: int | Non
     """The six parameter arrays, after checking that they form one FFF (of ``depth`` and ``input_width`` when
     given): the kernels index them by these shapes and would read out of bounds otherwise. (The batch-1 path,
     ``predict_small``, skips this: it only runs on a model's own ``params``, whose arrays keep their shapes.)"""
-    names = ("node_weights", "node_biases", "w1s", "b1s", "w2s", "b2s")
-    if not isinstance(params, dict) or any(name not in params for name in names):
-        raise TypeError(f"params must be a dict with the arrays {list(names)} (e.g. FFF.params), got "
-                        + (f"keys {sorted(params)}" if isinstance(params, dict) else type(params).__name__))
-    arrays = tuple(params[name] for name in names)
-    nw, nb, w1s, b1s, w2s, b2s = arrays
-    for name, a in zip(names, arrays):
-        if not isinstance(a, np.ndarray) or a.dtype != w1s.dtype or a.dtype not in (np.float32, np.float64) \
-                or not a.flags.c_contiguous:
+    try:
+        arrays = nw, nb, w1s, b1s, w2s, b2s = tuple(params[name] for name in _PARAM_NAMES)
+    except (KeyError, TypeError):
+        raise TypeError(f"params must be a dict with the arrays {list(_PARAM_NAMES)} (e.g. FFF.params), got "
+                        + (f"keys {sorted(map(str, params))}" if isinstance(params, dict)
+                           else type(params).__name__)) from None
+    dtype = getattr(w1s, "dtype", None)
+    for name, a in zip(_PARAM_NAMES, arrays):
+        if type(a) is not np.ndarray or a.dtype != dtype or dtype.char not in "fd" or not a.flags.c_contiguous:
             raise TypeError(f"params[{name!r}] must be a C-contiguous float32 or float64 array of the dtype of "
-                            f"w1s ({getattr(w1s, 'dtype', None)}), got "
+                            f"w1s ({dtype}), got "
                             + (f"dtype {a.dtype}, {'C-' if a.flags.c_contiguous else 'not C-'}contiguous"
                                if isinstance(a, np.ndarray) else type(a).__name__))
     if w1s.ndim != 3 or w2s.ndim != 3:
@@ -393,16 +393,19 @@ def _param_arrays(params: dict, depth: int | None = None, input_width: int | Non
     if depth is not None:
         _check_depth(depth)
     d = int(depth) if depth is not None else n_leaves.bit_length() - 1
-    expected = {"node_weights": (2**d - 1, n_in if input_width is None else input_width),
-                "node_biases": (2**d - 1,), "w1s": (2**d, n_in if input_width is None else input_width, leaf_width),
-                "b1s": (2**d, leaf_width), "w2s": (2**d, leaf_width, out_width), "b2s": (2**d, out_width)}
-    wrong = [f"{name} must have shape {expected[name]}, got {a.shape}"
-             for name, a in zip(names, arrays) if a.shape != expected[name]]
-    if wrong:
+    n_in = n_in if input_width is None else input_width
+    expected = ((2**d - 1, n_in), (2**d - 1,), (2**d, n_in, leaf_width), (2**d, leaf_width),
+                (2**d, leaf_width, out_width), (2**d, out_width))
+    if (nw.shape, nb.shape, w1s.shape, b1s.shape, w2s.shape, b2s.shape) != expected:
+        wrong = [f"{name} must have shape {shape}, got {a.shape}"
+                 for name, a, shape in zip(_PARAM_NAMES, arrays, expected) if a.shape != shape]
         raise ValueError(f"params do not form an FFF of depth {d}"
                          + (f" for inputs of width {input_width}" if input_width is not None else "")
                          + ": " + "; ".join(wrong))
     return arrays
+
+
+_PARAM_NAMES = ("node_weights", "node_biases", "w1s", "b1s", "w2s", "b2s")
 
 
 def _check_depth(depth) -> None:
