@@ -1,10 +1,14 @@
 """Save/load: exact round trips, atomic writes, clear errors on files that are not fffcpu models."""
 
+import io
 import json
 import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -223,3 +227,204 @@ def test_load_refuses_other_files_with_the_documented_errors(tmp_path):
     np.savez(odd, **arrays)
     with pytest.raises(ValueError, match=r"unknown class \['FFF'\]"):
         fffcpu.load(odd)
+
+
+# --- crafted and corrupt files are refused from the arrays' headers, before anything large is allocated ----------
+
+def rewrite_meta(path, **changes):
+    """Rewrite the metadata entry of the model file ``path``: keys set to a value, or removed when given None."""
+    with np.load(path) as data:
+        meta = json.loads(str(data["__fffcpu__"]))
+    meta.update(changes)
+    meta = {key: value for key, value in meta.items() if value is not None}
+    rewrite(path, __fffcpu__=np.array(json.dumps(meta)))
+
+
+def npz_entries(path) -> dict:
+    """The entries of an .npz file: name (without .npy) -> the bytes of the .npy entry."""
+    with zipfile.ZipFile(path) as archive:
+        return {name.removesuffix(".npy"): archive.read(name) for name in archive.namelist()}
+
+
+def write_npz(path, entries: dict) -> None:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name + ".npy", data)
+
+
+def npy_header_only(shape, dtype) -> bytes:
+    """An .npy header that announces an array of ``shape`` and ``dtype``, and no data after it."""
+    f = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    return f.getvalue()
+
+
+def peak_allocation(function) -> int:
+    """The most bytes traced as allocated at once while ``function()`` runs (NumPy arrays included)."""
+    tracemalloc.start()
+    try:
+        function()
+    except (ValueError, MemoryError):
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_config_that_does_not_match_the_arrays_is_refused_before_the_model_is_built(tmp_path):
+    path = fffcpu.save(FFF(8, 4, 3, 2, seed=0), tmp_path / "m.npz")
+    rewrite_meta(path, config=dict(FFF(8, 4, 3, 2).config(), depth=20))  # a 0.4 GB model for 3 KB of arrays
+    with pytest.raises(ValueError, match=r"'.*m\.npz' does not hold a valid FFF: parameter 'node_weights' must "
+                                         r"have shape \(1048575, 8\), got \(3, 8\)"):
+        fffcpu.load(path)
+    assert peak_allocation(lambda: fffcpu.load(path)) < 20 * 2**20
+
+
+def test_an_unexpected_array_is_refused_before_any_array_is_read(tmp_path):
+    path = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "m.npz")
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    np.savez_compressed(path, **arrays, extra=np.zeros(2**24))  # 128 MiB of zeros, a few hundred KiB on disk
+    with pytest.raises(ValueError, match=r"'.*m\.npz' does not hold a valid FFF: expected the arrays "
+                                         r"\['node_weights', .*\]; missing \[\], unexpected \['extra'\]"):
+        fffcpu.load(path)
+    assert peak_allocation(lambda: fffcpu.load(path)) < 20 * 2**20
+
+
+@pytest.mark.parametrize(
+    "entry, header, message",
+    [
+        ("w1s", ((2**40, 4, 2), "<f4"), r"parameter 'w1s' must have shape \(4, 4, 2\), got \(1099511627776, 4, 2\)"),
+        ("w1s", ((4, 4, 2), "<c16"), r"parameter 'w1s' must hold real numbers \(a float or integer dtype\), "
+                                     r"got dtype complex128"),
+        ("__fffcpu__", ((), "<U100000000"), r"its '__fffcpu__' entry should be one JSON text \(a str array of "
+                                            r"shape \(\) up to 1\.0 MiB\), got <U100000000 \(\) \(381\.5 MiB\)"),
+    ],
+    ids=["huge-shape", "complex-dtype", "huge-metadata"],
+)
+def test_shapes_and_dtypes_are_checked_from_the_headers(tmp_path, entry, header, message):
+    path = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "m.npz")
+    entries = npz_entries(path)
+    entries[entry] = npy_header_only(*header)  # the header alone: reading the data would fail or fill the memory
+    write_npz(path, entries)
+    with pytest.raises(ValueError, match=r"'.*m\.npz' .*" + message):
+        fffcpu.load(path)
+
+
+@pytest.mark.parametrize("depth", [30, 40])
+def test_a_model_too_large_for_the_memory_is_refused_naming_the_file(tmp_path, depth):
+    path = fffcpu.save(FFF(8, 4, 3, 2, seed=0), tmp_path / "m.npz")
+    rewrite_meta(path, config=dict(FFF(8, 4, 3, 2).config(), depth=depth))
+    with pytest.raises(MemoryError, match=r"cannot load '.*m\.npz': FFF parameters and gradients .* would need"):
+        fffcpu.load(path)
+
+
+@pytest.mark.parametrize("version", [True, 0, -5, 1.0, "1", None])
+def test_the_format_version_must_be_a_supported_integer(tmp_path, version):
+    path = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "m.npz")
+    rewrite_meta(path, format_version=version)
+    expected = f"format version {version!r} ({type(version).__name__}); expected an integer from 1 to 1"
+    with pytest.raises(ValueError, match=r"'.*m\.npz' has " + re.escape(expected)):
+        fffcpu.load(path)
+
+
+def test_metadata_without_a_config_says_what_it_holds(tmp_path):
+    path = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "m.npz")
+    rewrite_meta(path, config=None)
+    with pytest.raises(ValueError, match=r"'.*m\.npz' does not hold a valid FFF: its metadata should have a "
+                                         r"'config' entry \(a JSON object of constructor arguments\), got only the "
+                                         r"keys \['class', 'format', 'format_version'\]"):
+        fffcpu.load(path)
+    rewrite_meta(path, config=[4, 2, 3, 2])
+    with pytest.raises(ValueError, match=r"its 'config' should be a JSON object of constructor arguments, got list"):
+        fffcpu.load(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_load_refuses_files_that_are_not_regular_instead_of_waiting_on_them(tmp_path):
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    code = f"import fffcpu\ntry:\n    fffcpu.load({str(fifo)!r})\nexcept ValueError as e:\n    print(e)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"cannot load {str(fifo)!r}: expected a regular file, but it is a FIFO (named pipe)" in result.stdout
+    if os.path.exists("/dev/null"):
+        with pytest.raises(ValueError, match="expected a regular file, but it is a character device"):
+            fffcpu.load("/dev/null")
+
+
+# --- save: links, read-only files and paths --------------------------------------------------------------------
+
+@pytest.mark.skipif(os.name != "posix", reason="symbolic links")
+def test_save_through_a_symbolic_link_updates_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "store").mkdir()
+    target = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "store" / "real.npz")
+    link = tmp_path / "link.npz"
+    link.symlink_to(os.path.join("store", "real.npz"))  # relative, as `ln -s` makes them
+    new = FFF(4, 2, 3, 3, seed=1)
+    assert fffcpu.save(new, link) == str(link)
+    assert os.readlink(link) == os.path.join("store", "real.npz")
+    assert fffcpu.load(target).config() == new.config()
+    assert sorted(os.listdir(tmp_path)) == ["link.npz", "store"] and os.listdir(tmp_path / "store") == ["real.npz"]
+    dangling = tmp_path / "dangling.npz"
+    dangling.symlink_to(tmp_path / "store" / "later.npz")
+    fffcpu.save(new, dangling)
+    assert dangling.is_symlink() and fffcpu.load(tmp_path / "store" / "later.npz").config() == new.config()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_save_refuses_to_replace_what_is_not_a_regular_file(tmp_path):
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"cannot save to '.*pipe\.npz': expected a regular file, but it is a FIFO"):
+        fffcpu.save(FFF(4, 2, 3, 2, seed=0), fifo)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and sorted(os.listdir(tmp_path)) == ["pipe.npz"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_save_refuses_to_overwrite_a_read_only_file_and_leaves_it_intact(tmp_path):
+    path = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "m.npz")
+    link = tmp_path / "link.npz"
+    link.symlink_to(path)
+    os.chmod(path, 0o444)
+    before = open(path, "rb").read()
+    result = _as_a_user_without_overrides(
+        "import fffcpu\n"
+        f"for path in ({path!r}, {str(link)!r}):\n"
+        "    for write in (fffcpu.io.save_path, lambda p: fffcpu.save(fffcpu.FFF(4, 2, 3, 3), p)):\n"
+        "        try:\n            write(path)\n"
+        "        except PermissionError as e:\n            print(e)\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4, result.stdout
+    for line in lines[:2]:
+        assert line.endswith(f"cannot save to {path!r}: the file exists and is read-only for you (mode 0o444); "
+                             "expected a file you can write: make it writable or choose another name")
+    for line in lines[2:]:
+        assert f"cannot save to {str(link)!r} (a link to {path!r}): the file exists and is read-only" in line
+    assert open(path, "rb").read() == before and os.stat(path).st_mode & 0o777 == 0o444
+    assert sorted(os.listdir(tmp_path)) == ["link.npz", "m.npz"]
+
+
+def test_a_path_with_a_nul_character_is_refused_saying_where(tmp_path):
+    bad = str(tmp_path / "m\0.npz")
+    for call, action in ((lambda: fffcpu.save(FFF(4, 2, 3, 2), bad), "save to"), (lambda: fffcpu.load(bad), "load")):
+        with pytest.raises(ValueError, match=rf"cannot {action} '.*m\\x00\.npz': expected a path without NUL "
+                                             rf"characters \('\\x00'\), got one with a NUL at position {len(bad) - 5}"):
+            call()
+    assert os.listdir(tmp_path) == []
+
+
+def test_tilde_is_not_expanded_and_the_errors_say_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hint = (r"'~' is not expanded, as numpy does not expand it: for the home folder, pass "
+            r"os\.path\.expanduser\('~/m\.npz'\)")
+    with pytest.raises(FileNotFoundError, match=r"cannot save to '~/m\.npz': folder '.*~' does not exist \(" + hint):
+        fffcpu.save(FFF(4, 2, 3, 2), "~/m.npz")
+    with pytest.raises(FileNotFoundError, match=r"no such model file: '~/m\.npz' \(" + hint):
+        fffcpu.load("~/m.npz")
+    (tmp_path / "~").mkdir()  # a folder really named "~" is used as any other
+    fffcpu.save(FFF(4, 2, 3, 2, seed=0), "~/m.npz")
+    assert os.listdir(tmp_path / "~") == ["m.npz"] and fffcpu.load("~/m").depth == 2
