@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -143,6 +145,17 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
     """
     from . import datasets
 
+    X, y, X_test, y_test = _read_data(spec)
+    if X_test is None:
+        return datasets.train_test_split(X, y, test_size=test_size, seed=seed)
+    return X, X_test, y, y_test
+
+
+def _read_data(spec: str):
+    """``X, y, X_test, y_test`` of a data spec (``load_data``); ``X_test`` and ``y_test`` are None when the data
+    have no separate test set."""
+    from . import datasets
+
     kind, _, arg = spec.partition(":")
     X_test = y_test = None
     if kind == "digits" and not arg:
@@ -166,9 +179,7 @@ def load_data(spec: str, *, test_size: float = 0.25, seed: int = 0):
                 X_test, y_test = data["X_test"], data["y_test"]
     else:
         raise ValueError(f"--data must be digits, mnist5k, idx:DIR or npz:FILE, got {spec!r}")
-    if X_test is None:
-        return datasets.train_test_split(X, y, test_size=test_size, seed=seed)
-    return X, X_test, y, y_test
+    return X, y, X_test, y_test
 
 
 def _open_npz(path: str, needed: str):
@@ -187,19 +198,66 @@ def _open_npz(path: str, needed: str):
     return data
 
 
+#: What ``fffcpu predict`` reads, said when a file is something else.
+_INPUTS_NEEDED = "inputs must be a .npy file or an .npz file with an array 'X'"
+
+
 def _read_inputs(path: str) -> np.ndarray:
+    """The inputs array of ``fffcpu predict``: a numeric array from a .npy file, or from an .npz file (its array
+    'X', or its only array). Never unpickles; anything else raises a ``ValueError`` naming ``path``."""
+    from .io import file_start
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such input file: {path!r}")
-    if path.endswith(".npy"):
+    if not path.endswith((".npy", ".npz")):
+        raise ValueError(f"inputs must be a .npy or .npz file, got {path!r}")
+    start, _ = file_start(path)  # what the file holds decides, not its name
+    if start.startswith(b"\x93NUMPY"):
+        X = _load_npy(path)
+    elif path.endswith(".npy") and not start.startswith(b"PK"):
+        raise ValueError(f"{path!r} is not an .npy file; {_INPUTS_NEEDED}")
+    else:
+        with _open_npz(path, _INPUTS_NEEDED) as data:
+            names = ["X"] if "X" in data.files else data.files if len(data.files) == 1 else None
+            if names is None:
+                raise ValueError(f"{path!r} holds {sorted(data.files)}: name the input array 'X'")
+            where = f"{path!r} (array {names[0]!r})"
+            try:
+                member = names[0] if names[0] in data.zip.namelist() else names[0] + ".npy"
+                with data.zip.open(member) as f:
+                    _refuse_objects(f, where)
+                X = data[names[0]]
+            except (ValueError, EOFError, zipfile.BadZipFile) as err:
+                if str(err).startswith(where):
+                    raise
+                raise ValueError(f"{where} is not a readable array ({err}); {_INPUTS_NEEDED}") from None
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{path!r}: expected a numeric array (samples x features), got dtype {X.dtype}")
+    return X
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """``np.load`` of a .npy file holding a numeric array, read without unpickling; an array of Python objects or
+    a damaged file raises a ``ValueError`` naming ``path``."""
+    try:
+        with open(path, "rb") as f:
+            _refuse_objects(f, repr(path))
         return np.load(path, allow_pickle=False)
-    if path.endswith(".npz"):
-        with _open_npz(path, "inputs must be a .npy file or an .npz file with an array 'X'") as data:
-            if "X" in data.files:
-                return data["X"]
-            if len(data.files) == 1:
-                return data[data.files[0]]
-            raise ValueError(f"{path!r} holds {sorted(data.files)}: name the input array 'X'")
-    raise ValueError(f"inputs must be a .npy or .npz file, got {path!r}")
+    except (ValueError, EOFError) as err:
+        if str(err).startswith(repr(path)):
+            raise
+        raise ValueError(f"{path!r} is not a readable .npy file ({err}); {_INPUTS_NEEDED}") from None
+
+
+def _refuse_objects(f, where: str) -> None:
+    """Read the .npy header at the start of file object ``f``; an array of Python objects (which only unpickling
+    would read) raises a ``ValueError`` naming ``where``, before any data are read."""
+    major, _ = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError(f"{where} holds an array of Python objects (dtype {dtype}, shape {shape}), which fffcpu "
+                         "does not read (it would need unpickling); expected a numeric array (samples x features)")
 
 
 def quick_bench(*, depths=(4, 8, 12), leaf_width: int = 16, batch: int = 256, input_width: int = 784,
@@ -233,31 +291,113 @@ def quick_bench(*, depths=(4, 8, 12), leaf_width: int = 16, batch: int = 256, in
 #: leaves of 8, 40 epochs), soft training with a weight of 3 or 10 sent all 1797 images to one leaf.
 TRAINING_HARDENING = {"hard": 0.0, "soft": 1.0, "sharpened": 1.0}
 
+#: ``fffcpu train`` options that apply to one ``--model`` only, with their defaults. Their parser defaults are None,
+#: so that an option given for the other model is refused rather than silently ignored.
+MODEL_OPTIONS = {
+    "fff": {"depth": 4, "leaf_width": 8, "training": "hard", "hardening": None, "region_leak": 0.0},
+    "ff": {"hidden_width": 128},
+}
+
+#: ``--test-size`` when it is not given.
+TEST_SIZE = 0.25
+
+LABELS_HELP = (
+    "Labels y must be integers 0, 1, ..., K-1 (or floats with such values); the model gets one output per label "
+    "up to the largest. Refused: negative or non-integer labels, fewer than 2 distinct labels in the training "
+    "set, and labels so sparse that more than half of the outputs would have no sample (largest label + 1 > 2 x "
+    "the number of distinct labels, as with a stray label 10**9, or labels 0 and 5 only: renumber them 0..K-1). "
+    "A few absent classes are allowed (labels 1..10 give 11 outputs, output 0 unused).")
+
+
+def _check_model_options(args) -> None:
+    """Refuse the options of the other ``--model`` given on the command line; set the defaults of this one's."""
+    other = "ff" if args.model == "fff" else "fff"
+    given = [name for name in MODEL_OPTIONS[other] if getattr(args, name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--model {args.model} does not take {flags} (options of --model {other}), got "
+                         + " ".join(f"--{name.replace('_', '-')} {getattr(args, name)}" for name in given)
+                         + f": remove {'it' if len(given) == 1 else 'them'}, or use --model {other}")
+    for name, default in MODEL_OPTIONS[args.model].items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
+def _split(args, X, y, X_test, y_test):
+    """``X_train, X_test, y_train, y_test`` of ``fffcpu train``: the data's own test set, or a ``--test-size``
+    split (``datasets.train_test_split``), checked against the number of samples."""
+    from . import datasets
+
+    if X_test is not None:
+        if args.test_size is not None:
+            raise ValueError(f"--data {args.data} has its own test set ({len(X_test)} samples); --test-size applies "
+                             f"only to data without one, got --test-size {args.test_size}")
+        return X, X_test, y, y_test
+    test_size = TEST_SIZE if args.test_size is None else args.test_size
+    n = len(y)
+    if isinstance(test_size, int) and test_size >= n:
+        raise ValueError(f"--test-size {test_size}: expected fewer test samples than the {n} samples of --data "
+                         f"{args.data} (at least one must remain for training), got {test_size}")
+    if isinstance(test_size, float) and math.ceil(test_size * n) >= n:
+        raise ValueError(f"--test-size {test_size} would put all {n} samples of --data {args.data} in the test set "
+                         "and none in the training set: expected a smaller fraction")
+    return datasets.train_test_split(X, y, test_size=test_size, seed=args.seed)
+
+
+def _n_classes(spec: str, y_train, y_test) -> int:
+    """The model's number of outputs for the class labels ``y_train`` and ``y_test`` of ``--data spec``: the
+    largest label + 1, after the checks of ``LABELS_HELP``."""
+    ys = [np.asarray(y_train), np.asarray(y_test)]
+    for y in ys:
+        if y.dtype.kind not in "biuf":
+            raise ValueError(f"--data {spec}: y must hold integer class labels 0, 1, ..., got dtype {y.dtype}")
+        if y.dtype.kind == "f":
+            bad = ~np.isfinite(y) | (y != np.round(y))
+            if bad.any():
+                raise ValueError(f"--data {spec}: y must hold integer class labels 0, 1, ..., got non-integer "
+                                 f"values (such as {y[bad].flat[0]})")
+    labels = np.unique(np.concatenate([y.ravel() for y in ys]))
+    if labels.size == 0:
+        raise ValueError(f"--data {spec}: y holds no labels")
+    distinct, smallest, largest = len(labels), int(labels[0]), int(labels[-1])
+    found = f"{distinct} distinct label{'s' if distinct > 1 else ''} in all, the largest {largest}"
+    if smallest < 0:
+        raise ValueError(f"--data {spec}: y must hold class labels 0, 1, ..., K-1, got negative labels (the "
+                         f"smallest {smallest}; {found})")
+    in_training = len(np.unique(ys[0]))
+    if in_training < 2:
+        raise ValueError(f"--data {spec}: expected at least 2 distinct labels (classes) in the training set, got "
+                         f"{in_training} ({found}): a classifier of one class learns nothing")
+    if largest + 1 > 2 * distinct:
+        raise ValueError(
+            f"--data {spec}: y must hold class labels 0, 1, ..., K-1, got {found}: a model of {largest + 1:,} "
+            f"outputs, {largest + 1 - distinct:,} of them for classes without a sample (refused when more than half "
+            f"are): renumber the classes 0..{distinct - 1}, e.g. y = np.unique(y, return_inverse=True)[1]")
+    return largest + 1
+
 
 def _train_command(args) -> None:
     from . import FF, FFF, save, train
     from .io import save_path
     from .train import accuracy, linear_ramp, sharpening_ramp
 
-    if args.save:
+    _check_model_options(args)
+    if args.save is not None:
         save_path(args.save)  # a bad destination fails now, not after the training
-    X_train, X_test, y_train, y_test = load_data(args.data, test_size=args.test_size, seed=args.seed)
+    X_train, X_test, y_train, y_test = _split(args, *_read_data(args.data))
     X_train = np.asarray(X_train).reshape(len(X_train), -1)
     X_test = np.asarray(X_test).reshape(len(X_test), -1)
-    for y in (np.asarray(y_train), np.asarray(y_test)):
-        if y.dtype.kind not in "biuf" or (y.dtype.kind == "f" and not np.array_equal(y, np.round(y))):
-            given = f"dtype {y.dtype}" if y.dtype.kind not in "biuf" else "non-integer values"
-            raise ValueError(f"--data {args.data}: y must hold integer class labels 0, 1, ..., got {given}")
-    n_classes = int(max(np.max(y_train), np.max(y_test))) + 1
+    n_classes = _n_classes(args.data, y_train, y_test)
     if args.model == "ff":
         model = FF(X_train.shape[1], args.hidden_width, n_classes, activation=args.activation, seed=args.seed)
     else:
         hard = args.training == "hard"
         model = FFF(X_train.shape[1], args.leaf_width, n_classes, args.depth, activation=args.activation,
                     region_leak=args.region_leak, train_hardened=hard, straight_through=hard, seed=args.seed)
-    hardening = args.hardening if args.hardening is not None else TRAINING_HARDENING[args.training]
+    hardening = 0.0 if args.model == "ff" else (
+        args.hardening if args.hardening is not None else TRAINING_HARDENING[args.training])
     sharpening = None
-    if args.training == "sharpened" and args.model == "fff":
+    if args.model == "fff" and args.training == "sharpened":
         hardening = linear_ramp(hardening, args.epochs) if hardening else 0.0
         sharpening = sharpening_ramp(4096.0, args.epochs)
     if not args.quiet:
@@ -276,18 +416,28 @@ def _train_command(args) -> None:
     if args.model == "fff":  # a tree whose inputs all go to a few leaves has collapsed: say so
         used = len(np.unique(model.route(np.concatenate([X_train, X_test]))))
         print(f"leaves used: {used} of {model.n_leaves}")
-    if args.save:
+    if args.save is not None:
         print(f"saved to {save(model, args.save)}")
 
 
 def _predict_command(args) -> None:
     from . import load
 
+    output = None if args.output is None else _output_path(args.output)  # a bad destination fails before the work
     model = load(args.model)
     X = _read_inputs(args.inputs)
     if X.ndim == 0 or len(X) == 0:
         raise ValueError(f"{args.inputs}: no inputs to predict (an array of shape {X.shape})")
+    width = getattr(model, "input_width", None)
+    per_sample = f"samples x features, here n x {width}" if width else "samples x features"
+    if X.ndim == 1:
+        raise ValueError(f"{args.inputs}: expected a 2-D array ({per_sample}), got a 1-D array of shape {X.shape}; "
+                         f"save a single sample as an array of shape (1, {X.shape[0]})")
+    shape = X.shape
     X = X.reshape(len(X), -1) if X.ndim > 2 else X
+    if width and X.shape[1] != width:
+        raise ValueError(f"{args.inputs}: the model takes {width} features per sample, got an array of shape "
+                         f"{shape} ({X.shape[1]} features per sample)")
     if args.what == "leaves":
         if not hasattr(model, "route"):
             raise ValueError(f"{type(model).__name__} has no routes")
@@ -296,11 +446,29 @@ def _predict_command(args) -> None:
         result = model.predict(X)
         if args.what == "labels":
             result = result.argmax(axis=1)
-    if args.output:
-        written = _save_npy(args.output, result)
+    if output is not None:
+        written = _save_npy(output, result)
         print(f"wrote {args.what} of {len(X)} samples, shape {result.shape}, to {written}")
     else:
         np.savetxt(sys.stdout, result.reshape(len(result), -1), fmt="%d" if result.dtype.kind == "i" else "%.6g")
+
+
+def _output_path(path: str) -> str:
+    """The file ``fffcpu predict --output path`` writes (``.npy`` appended if missing, as ``np.save`` does), after
+    the checks ``io.save_path`` makes for a model's path: not empty, not a folder (an existing one, or a path
+    ending in a separator), in a folder that exists."""
+    if not path:
+        raise ValueError("--output: expected a file name, such as 'labels.npy', got an empty one")
+    if "\0" in path:
+        raise ValueError(f"--output {path!r}: expected a file name without NUL characters")
+    full = path if path.endswith(".npy") else path + ".npy"
+    if os.path.isdir(path) or os.path.isdir(full) or path.endswith(tuple(s for s in (os.sep, os.altsep) if s)):
+        raise IsADirectoryError(f"--output {path!r} names a folder; expected a file name, such as "
+                                f"{os.path.join(path, 'labels.npy')!r}")
+    folder = os.path.dirname(os.path.realpath(full))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--output {path!r}: folder {folder!r} does not exist")
+    return full
 
 
 def _save_npy(path: str, array: np.ndarray) -> str:
@@ -315,22 +483,50 @@ def _save_npy(path: str, array: np.ndarray) -> str:
 
 
 def _test_size(text: str) -> float | int:
-    """A fraction (``0.25``) or a count of samples (``500``), as ``datasets.train_test_split`` takes."""
-    value = float(text)
-    return int(value) if value >= 1 and value.is_integer() else value
+    """``--test-size``: a whole number is a count of test samples (``500``, at least 1); a number with a decimal
+    point or an exponent is a fraction of the samples (``0.25``), in (0, 1): ``1.0`` is refused, not read as one
+    sample. As ``datasets.train_test_split`` takes them."""
+    try:
+        count = int(text)
+    except ValueError:
+        pass
+    else:
+        if count < 1:
+            raise argparse.ArgumentTypeError(f"expected a number of test samples >= 1 or a fraction in (0, 1), "
+                                             f"got {text!r}")
+        return count
+    try:
+        fraction = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1) such as 0.25, or a number of test samples "
+                                         f"such as 500, got {text!r}") from None
+    if not 0 < fraction < 1:
+        whole = f" (for a count of {int(fraction)} sample{'s' if fraction > 1 else ''}, write {int(fraction)})" if (
+            fraction >= 1 and fraction.is_integer()) else ""
+        raise argparse.ArgumentTypeError(f"a number with a decimal point is a fraction of the samples and must be in "
+                                         f"(0, 1), got {text!r}{whole}")
+    return fraction
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    """An integer >= 1 (``--epochs``, ``--batch-size``, widths)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    """A finite number > 0 (``--lr``, ``--local-batch-size``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 
@@ -347,12 +543,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = commands.add_parser("train", help="train an FFF (or a dense FF) and optionally save it")
-    p.add_argument("--data", default="digits", help="digits | mnist5k | idx:DIR | npz:FILE (default digits)")
-    p.add_argument("--model", choices=["fff", "ff"], default="fff", help="fff (default) or the dense ff baseline")
-    p.add_argument("--depth", type=int, default=4, help="tree depth (default 4)")
-    p.add_argument("--leaf-width", type=_positive_int, default=8, help="neurons per leaf (default 8)")
-    p.add_argument("--hidden-width", type=_positive_int, default=128, help="width of the dense ff (default 128)")
+    p = commands.add_parser("train", help="train an FFF (or a dense FF) and optionally save it",
+                            description="Train an FFF (or a dense FF) classifier and optionally save it. "
+                                        + LABELS_HELP)
+    p.add_argument("--data", default="digits",
+                   help="digits | mnist5k | idx:DIR | npz:FILE (arrays X and y, optionally X_test and y_test; "
+                        "labels as above) (default digits)")
+    p.add_argument("--model", choices=["fff", "ff"], default="fff",
+                   help="fff (default) or the dense ff baseline; the options of the other model are refused")
+    p.add_argument("--depth", type=int, default=None, help="fff: tree depth (default 4)")
+    p.add_argument("--leaf-width", type=_positive_int, default=None, help="fff: neurons per leaf (default 8)")
+    p.add_argument("--hidden-width", type=_positive_int, default=None,
+                   help="ff: width of the dense hidden layer (default 128)")
     p.add_argument("--activation", default="relu", help="relu | gelu | tanh | sigmoid | identity")
     p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument("--lr", type=_positive_float, default=1e-2)
@@ -360,19 +562,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adam", help="adam | sgd | local_adam | local_sgd (default adam)")
     p.add_argument("--local-batch-size", type=_positive_float, default=None,
                    help="usage a node/leaf must gather before a localized update (default: the batch size)")
-    p.add_argument("--training", choices=sorted(TRAINING_HARDENING), default="hard",
+    p.add_argument("--training", choices=sorted(TRAINING_HARDENING), default=None,
                    help="fff: hard (default: hard routing as in prediction, straight-through gradients), soft (the "
                         "paper's soft mixture) or sharpened (soft, the hardening weight ramped up and the nodes "
                         "sharpened 4096x, so that the soft model ends as the hard one)")
     p.add_argument("--hardening", type=float, default=None,
-                   help="weight of the node-entropy term (default: 0 for hard, 1 for soft; sharpened ramps it to "
-                        "this value, default 1)")
-    p.add_argument("--region-leak", type=float, default=0.0, help="region leak probability (default 0)")
-    p.add_argument("--test-size", type=_test_size, default=0.25,
-                   help="test fraction in (0, 1), or number of test samples, when the data has no test set "
-                        "(default 0.25)")
+                   help="fff: weight of the node-entropy term (default: 0 for hard, 1 for soft; sharpened ramps it "
+                        "to this value, default 1)")
+    p.add_argument("--region-leak", type=float, default=None, help="fff: region leak probability (default 0)")
+    p.add_argument("--test-size", type=_test_size, default=None,
+                   help=f"when the data have no test set: a fraction in (0, 1) of the samples, written with a "
+                        f"decimal point (0.25), or a whole number of test samples (500) (default {TEST_SIZE})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", metavar="FILE", help="save the trained model (.npz)")
+    p.add_argument("--save", metavar="FILE", help="save the trained model (.npz; checked before the training)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = commands.add_parser("predict", help="apply a saved model to inputs in a .npy/.npz file")
@@ -380,7 +582,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", help=".npy file, or .npz with an array 'X'")
     p.add_argument("--what", choices=["labels", "outputs", "leaves"], default="labels",
                    help="argmax labels (default), raw outputs, or the leaf each input is routed to")
-    p.add_argument("--output", metavar="FILE", help="write a .npy file instead of printing")
+    p.add_argument("--output", metavar="FILE",
+                   help="write a .npy file instead of printing (.npy appended if missing; not a folder)")
 
     p = commands.add_parser("bench", help="quick hard-inference speed table against the dense FF")
     p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 12], help="tree depths (default 4 8 12)")
@@ -406,5 +609,15 @@ def main(argv=None) -> int:
             quick_bench(depths=args.depths, leaf_width=args.leaf_width, batch=args.batch)
     except (ValueError, TypeError, FileNotFoundError, ImportError, MemoryError, OSError) as err:
         print(f"fffcpu {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except FloatingPointError as err:
+        from .train import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        unsaved = f"; nothing was saved to {args.save!r}" if getattr(args, "save", None) is not None else ""
+        lr = f" (--lr {args.lr:g})" if hasattr(args, "lr") else ""
+        print(f"fffcpu {args.command}: error: training diverged{lr}: {str(err).rstrip('.')}{unsaved}.",
+              file=sys.stderr)
         return 1
     return 0

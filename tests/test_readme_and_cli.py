@@ -83,7 +83,7 @@ def test_throughput_is_timed_after_blas_threads_went_idle(monkeypatch):
 
 def test_cli_errors_are_one_line_and_nonzero():
     result = run_cli("demo", "--epochs", "0")
-    assert result.returncode == 2 and "--epochs: must be at least 1, got 0" in result.stderr
+    assert result.returncode == 2 and "--epochs: expected an integer >= 1, got '0'" in result.stderr
     result = run_cli()
     assert result.returncode == 2 and "demo" in result.stdout
 
