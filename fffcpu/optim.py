@@ -3,9 +3,10 @@
 Every optimizer can update a subset of the rows (first axis) of each parameter and leave the others, *and
 their optimizer state*, untouched. ``Localized`` uses this for the localized optimisation of
 arXiv 2308.14711 §3.3: the parameters of a node or leaf (one row of ``node_weights``, ``w1s``, ...) are
-updated only once the samples that reached that block add up to ``local_batch_size``, with the mean
-gradient over those samples. (The PyTorch package's LocalSGD/LocalAdam decay the moments of blocks they
-do not update and lag momentum by a step; see the spec §4.)
+updated only once the samples that reached that block add up to ``local_batch_size``, with their accumulated
+batch-mean gradient rescaled by ``local_batch_size / usage`` (spec §1): with ``local_batch_size`` equal to the batch
+size, the mean gradient of the samples that reached the block. (The PyTorch package's LocalSGD/LocalAdam decay the
+moments of blocks they do not update and lag momentum by a step; see the spec §4.)
 """
 
 from __future__ import annotations

@@ -117,3 +117,16 @@ def test_set_params_refuses_values_beyond_the_dtype(make):
         model.set_params(values)
     for k, v in model.params.items():
         np.testing.assert_array_equal(v, before[k])  # nothing changed, the checks come first
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_hardening_is_checked_and_an_empty_batch_has_zero_gradients(make):
+    model = make()
+    model.forward(np.zeros((0, 4)))
+    assert model.backward(np.zeros((0, 2)), hardening=1.0).shape == (0, 4)  # FFF had divided by zero here
+    for name, g in model.grads.items():
+        assert (g == 0).all(), name
+    model.forward(np.ones((2, 4)))
+    for bad, error in ((-1.0, ValueError), ("1", TypeError), (float("nan"), ValueError)):
+        with pytest.raises(error, match="hardening must be"):
+            model.backward(np.ones((2, 2)), hardening=bad)

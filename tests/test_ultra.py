@@ -198,30 +198,45 @@ def test_gradients_mse_match_masked_formulation_and_differences():
         np.testing.assert_allclose(analytic, numeric[name], rtol=1e-5, atol=1e-8, err_msg=name)
 
 
-def test_gradients_equal_torch_autograd_of_masked_formulation():
+def _torch_path_mask(torch, logits, depth):
+    """The nodes on each sample's path in every tree, from the logits alone (right iff logit > 0)."""
+    n, trees, n_nodes = logits.shape
+    mask = torch.zeros(n, trees, n_nodes, dtype=logits.dtype)
+    node = torch.zeros(n, trees, dtype=torch.int64)
+    for level in range(depth + 1):
+        mask.scatter_(2, node[..., None], 1.0)
+        if level < depth:
+            right = (torch.gather(logits, 2, node[..., None])[..., 0] > 0).long()
+            node = 2 * node + 1 + right
+    return mask, node - (2**depth - 1)  # the leaf: the last node's place in its level
+
+
+@pytest.mark.parametrize("depth, trees", [(0, 1), (1, 2), (2, 4), (4, 3), (8, 1)])
+@pytest.mark.parametrize("batch", [0, 1, 7, BIG])
+def test_outputs_routes_and_gradients_equal_torch_autograd_of_masked_formulation(depth, trees, batch):
     torch = pytest.importorskip("torch")
-    model, rng = random_model(4, "float64", seed=6, trees=3)
-    x = rng.normal(size=(BIG, model.input_width))
-    g = rng.normal(size=(BIG, model.output_width))
-    clear = naive_ultra.min_margin(model, x) > 1e-6
+    model, rng = random_model(depth, "float64", seed=6, trees=trees)
+    x = rng.normal(size=(batch, model.input_width))
+    g = rng.normal(size=(batch, model.output_width))
+    clear = naive_ultra.min_margin(model, x) > 1e-6 if batch else np.ones(0, bool)
     x, g = x[clear], g[clear]
-    model.forward(x)
+    y_ours = model.forward(x)
     dx = model.backward(g)
 
-    k, n_nodes = model.trees, model.n_nodes
     w_in = torch.tensor(model.params["w_in"], requires_grad=True)
     b_in = torch.tensor(model.params["b_in"], requires_grad=True)
     w_out = torch.tensor(model.params["w_out"], requires_grad=True)
     xt = torch.tensor(x, requires_grad=True)
     logits = torch.einsum("bi,kni->bkn", xt, w_in) + b_in  # every logit, as UltraFastBERT's training code
-    mask = torch.tensor(path_mask(logits.detach().numpy(), model.depth))
+    mask, leaves = _torch_path_mask(torch, logits.detach(), depth)
     hidden = torch.nn.functional.gelu(logits) * mask
     y = torch.einsum("bkn,kno->bo", hidden, w_out)
     (y * torch.tensor(g)).sum().backward()
-    assert hidden.shape == (len(x), k, n_nodes)
+    np.testing.assert_array_equal(model.route(x), leaves.numpy().reshape(len(x), trees))
     for name, tensor in (("w_in", w_in), ("b_in", b_in), ("w_out", w_out)):
         np.testing.assert_allclose(model.grads[name], tensor.grad.numpy(), rtol=1e-10, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(y_ours, y.detach().numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(model.predict(x), y.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 

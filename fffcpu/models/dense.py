@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_positive_int
+from .._validation import check_nonnegative_float, check_positive_int
 from ..functional import get_activation
 from .base import Model
 
@@ -87,7 +87,9 @@ class FF(Model):
         return 0.0
 
     def backward(self, dy, *, hardening: float = 0.0, input_grad: bool = True):
-        """Hand-written backprop; fills ``grads`` and returns ∂L/∂x (n, input_width) or None."""
+        """Hand-written backprop; fills ``grads`` and returns ∂L/∂x (n, input_width) or None. ``hardening`` (a
+        number >= 0) has no effect: a dense layer makes no decisions."""
+        check_nonnegative_float(hardening, "hardening")
         c = self._require_cache()
         g = self._check_dy(dy, len(c["x"]))
         p, grads = self.params, self.grads

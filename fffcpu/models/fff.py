@@ -521,7 +521,7 @@ class FFF(Model):
             d_right[:, tree.level_slice(level)] = c["reach_levels"][level] * (right_value - left)
             value = q * right_value + (1 - q) * left
         d_logits = d_right * self._decision_grad(c)
-        if hardening:
+        if hardening and d_logits.size:  # (an empty batch has no entropy)
             d_logits += (hardening / d_logits.size) * bernoulli_entropy_grad(c["logits"])
         grads["node_weights"][...] = d_logits.T @ x
         grads["node_biases"][...] = d_logits.sum(axis=0)

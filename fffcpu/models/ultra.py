@@ -32,8 +32,8 @@ import math
 
 import numpy as np
 
-from .._validation import (check_input, check_out, check_positive_int, check_state_dict,
-                           format_bytes, is_valid_input)
+from .._validation import (check_input, check_nonnegative_float, check_out, check_positive_int,
+                           check_state_dict, format_bytes, is_valid_input)
 from ..functional import get_activation
 from ..kernels import ultra as _kernels
 from .base import Model, Parameters, _aligned_empty
@@ -321,7 +321,7 @@ class UltraFFF(Model):
         dy : array-like, shape (n, output_width)
             ∂L/∂y for the output of the last forward.
         hardening : float
-            Accepted for the training loop; no effect (there are no soft decisions to harden).
+            A number >= 0, accepted for the training loop; no effect (there are no soft decisions to harden).
         input_grad : bool
             Whether to compute ∂L/∂x.
 
@@ -329,6 +329,7 @@ class UltraFFF(Model):
         -------
         ndarray, shape (n, input_width), or None when ``input_grad=False``
         """
+        check_nonnegative_float(hardening, "hardening")  # checked as FFF.backward checks it, then unused
         c = self._require_cache()
         x = c["x"]
         g = np.ascontiguousarray(self._check_dy(dy, len(x)))
@@ -358,6 +359,10 @@ class UltraFFF(Model):
         depth : int, optional
             Inferred from N = rows / trees when omitted (N + 1 must be a power of two).
         trees : int
+            The number of trees the rows hold. Pass it for a layer of several trees: the state dict does not
+            record it, and some shapes fit more than one layout (3 trees of depth 0 have the rows of 1 tree of
+            depth 1: 3 · 1 = 1 · 3; 5 trees of depth 1 those of 1 tree of depth 3), so the default of 1 tree
+            reads such a layer as one deeper tree.
         prefix : str
             Prepended to the key names, e.g. ``"encoder.layer.0.ffn."``.
         activation, dtype
