@@ -440,6 +440,9 @@ def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
     """
     if isinstance(dtypes, (str, np.dtype, type)):
         dtypes = (dtypes,)  # one dtype, not the characters of its name
+    if not isinstance(dtypes, (list, tuple)):
+        raise TypeError(f"dtypes must be a dtype name ('float32' or 'float64') or a list or tuple of them, got "
+                        f"{dtypes!r}")
     dtypes = [check_dtype(dtype) for dtype in dtypes]
     rng = np.random.default_rng(0)
     for dt in dtypes:

@@ -70,7 +70,8 @@ def check_targets(y, n_samples: int, loss: str, output_width: int, dtype, *, nam
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name} contains NaN or Inf; class labels must be integers")
             if not np.array_equal(arr, np.round(arr)):
-                raise ValueError(f"{name} must be integer class labels, got non-integer values (regression? use loss='mse')")
+                raise ValueError(f"{name} must be integer class labels, got non-integer values "
+                                 "(regression? use loss='mse')")
         if n_samples and (arr.min() < 0 or arr.max() >= output_width):  # in the given dtype: no wrap-around
             low, high = (arr.min(), arr.max()) if arr.dtype.kind != "b" else (int(arr.min()), int(arr.max()))
             raise ValueError(
@@ -185,6 +186,9 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
         When the loss or a gradient is not finite. The model keeps the last weights whose loss was
         finite, and the exception carries the history so far.
     """
+    if not (callable(getattr(model, "forward", None)) and callable(getattr(model, "backward", None))
+            and isinstance(getattr(model, "params", None), dict)):
+        raise TypeError(f"train expects a trainable fffcpu model (FFF, UltraFFF or FF), got {type(model).__name__}")
     loss_fn, loss_grad = get_loss(loss)
     X = check_input(X, model.input_width, model.dtype, name="X", finite=True)
     if len(X) == 0:

@@ -582,6 +582,16 @@ def test_warmup_takes_one_dtype_name_or_several_and_refuses_others():
     fffcpu.warmup(("float64",), parallel=False)
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\), got 'float16'"):
         fffcpu.warmup(("float16",))
+    with pytest.raises(TypeError, match="dtypes must be a dtype name .* or a list or tuple of them, got 5"):
+        fffcpu.warmup(5)
+
+
+def test_set_params_and_train_name_what_they_expected():
+    model = FFF(4, 2, 3, 2, seed=0)
+    with pytest.raises(TypeError, match="params must be a dict of parameter name -> array .* got NoneType"):
+        model.set_params(None)
+    with pytest.raises(TypeError, match=r"train expects a trainable fffcpu model \(FFF, UltraFFF or FF\), got str"):
+        fffcpu.train("model", np.zeros((4, 4)), np.zeros(4, int))
 
 
 def test_backward_and_forward_refuse_what_they_cannot_use():

@@ -139,6 +139,9 @@ class Model:
 
     def set_params(self, params: dict) -> None:
         """Overwrite every parameter with the given arrays (checked against the expected names and shapes)."""
+        if not hasattr(params, "keys") or not hasattr(params, "__getitem__"):
+            raise TypeError(f"params must be a dict of parameter name -> array (as model.params), got "
+                            f"{type(params).__name__}")
         expected = self.param_shapes()
         missing = sorted(set(expected) - set(params))
         extra = sorted(set(params) - set(expected))
