@@ -5,6 +5,9 @@ The metadata holds the class name, the constructor arguments and a format versio
 names, shapes and dtypes in the arrays' headers against those the metadata's model has, so a corrupt or crafted
 file is refused before it can fill the memory. A save writes to a temporary file in the same folder and renames
 it into place: an interrupted or failed save leaves any existing file untouched.
+
+A file holds the model, not a training run: an FFF's usage counters (``usage``, ``batch_usage``) and the random
+stream of its region leak are not saved; a loaded model starts them as a new one with its ``seed`` does.
 """
 
 from __future__ import annotations

@@ -428,3 +428,15 @@ def test_tilde_is_not_expanded_and_the_errors_say_so(tmp_path, monkeypatch):
     (tmp_path / "~").mkdir()  # a folder really named "~" is used as any other
     fffcpu.save(FFF(4, 2, 3, 2, seed=0), "~/m.npz")
     assert os.listdir(tmp_path / "~") == ["m.npz"] and fffcpu.load("~/m").depth == 2
+
+
+def test_a_loaded_model_starts_usage_and_region_leak_as_a_new_one(tmp_path):
+    # the file holds the model, not the training run (documented in fffcpu.io)
+    trained = fffcpu.FFF(4, 2, 3, 2, region_leak=0.1, seed=3)
+    trained.forward(np.ones((5, 4)))
+    assert trained.usage["leaf_soft"].sum() > 0
+    loaded = fffcpu.load(fffcpu.save(trained, tmp_path / "m.npz"))
+    fresh = fffcpu.FFF(4, 2, 3, 2, region_leak=0.1, seed=3)
+    for key, counts in loaded.usage.items():
+        assert (counts == 0).all(), key
+    np.testing.assert_array_equal(loaded.leak_rng.random(8), fresh.leak_rng.random(8))
