@@ -642,3 +642,29 @@ def test_no_stale_gradient_survives_a_backward(stale):
     grads, _ = naive_ultra.gradients(model, x, np.ones((5, model.output_width)))
     for name in ("w_in", "b_in", "w_out"):
         np.testing.assert_allclose(model.grads[name], grads[name], rtol=1e-10, atol=1e-12)
+
+
+def test_n_jobs_sets_the_threads_of_one_call_and_restores_them():
+    model, rng = random_model(5, "float32", seed=4, trees=2)
+    x = rng.normal(size=(BIG, model.input_width)).astype(np.float32)  # the parallel per-input kernel
+    seen = []
+    real = kernels.predict_kernel
+
+    def spy(n):
+        seen.append(numba.get_num_threads())
+        return real(n)
+
+    before = numba.get_num_threads()
+    expected, leaves = model.predict(x), model.route(x)
+    kernels.predict_kernel = spy
+    try:
+        got = model.predict(x, n_jobs=1)
+    finally:
+        kernels.predict_kernel = real
+    assert seen == [1] and numba.get_num_threads() == before
+    np.testing.assert_array_equal(got, expected)  # the same bits with any thread count
+    np.testing.assert_array_equal(model.route(x, n_jobs=1), leaves)
+    np.testing.assert_array_equal(model.to_bfloat16().predict(x, n_jobs=1), model.to_bfloat16().predict(x))
+    with pytest.raises(ValueError, match="n_jobs must be None, a positive thread count"):
+        model.predict(x, n_jobs=0)
+    assert numba.get_num_threads() == before

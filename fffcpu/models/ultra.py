@@ -28,6 +28,7 @@ w_out  (trees, N, output_width)       neuron output weights u_n
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -211,12 +212,14 @@ class UltraFFF(Model):
         return p["w_in"], p["b_in"], p["w_out"]
 
     # --- inference ----------------------------------------------------------------------------------------------
-    def route(self, x) -> np.ndarray:
+    def route(self, x, *, n_jobs=None) -> np.ndarray:
         """Leaf reached in every tree: final node - (2**depth - 1), so the root decision is the top bit.
 
         Parameters
         ----------
         x : array-like, shape (n, input_width)
+        n_jobs : int or None
+            Numba threads for this call, as ``FFF.route`` (None: the current setting).
 
         Returns
         -------
@@ -225,10 +228,11 @@ class UltraFFF(Model):
         x = np.ascontiguousarray(self._check_x(x, per_sample=8 * self.trees, what="UltraFFF.route"))
         w_in, b_in, _ = self._weights()
         leaves = np.empty((len(x), self.trees), dtype=np.int64)
-        _kernels.route(x, w_in, b_in, self.depth, leaves)
+        with _threads(n_jobs):
+            _kernels.route(x, w_in, b_in, self.depth, leaves)
         return leaves
 
-    def predict(self, x, *, out=None) -> np.ndarray:
+    def predict(self, x, *, out=None, n_jobs=None) -> np.ndarray:
         """Hard inference, path only: ``y = Σ_trees Σ_path act(z_n) u_n``; keeps no cache.
 
         NaN in ``x`` is not checked: a NaN logit goes left and the output is NaN.
@@ -240,11 +244,16 @@ class UltraFFF(Model):
             Where to write the result: a writeable C-contiguous array of shape (n, output_width) and the model's
             dtype that does not overlap ``x``. For large batches this saves allocating (and the system zeroing)
             an output as large as the input at every call, as ``np.matmul(..., out=)`` does for a dense layer.
+        n_jobs : int or None
+            Numba threads for this call (set and restored), as ``FFF.predict``; None: the current setting.
 
         Returns
         -------
         ndarray, shape (n, output_width), the model's dtype: ``out`` when given
         """
+        if n_jobs is not None:
+            with _threads(n_jobs):
+                return self.predict(x, out=out)
         if is_valid_input(x, self.input_width, self.dtype):  # no checks, no copy (the batch-1 path)
             kernel = _kernels.predict_kernel(x.shape[0])
             if kernel is not None:
@@ -494,6 +503,13 @@ class BFloat16UltraFFF:
     def __repr__(self) -> str:
         return (f"BFloat16UltraFFF(input_width={self.input_width}, output_width={self.output_width}, "
                 f"depth={self.depth}, trees={self.trees}, activation={self.activation!r})")
+
+
+def _threads(n_jobs):
+    """``engine.num_threads(n_jobs)``, or nothing to do for None (the batch-1 path stays free of it)."""
+    from ..engine import num_threads
+
+    return num_threads(n_jobs) if n_jobs is not None else contextlib.nullcontext()
 
 
 def _aligned_copy(a: np.ndarray) -> np.ndarray:
