@@ -381,7 +381,7 @@ def _param_arrays(params: dict, depth: int | None = None, input_width: int | Non
                            else type(params).__name__)) from None
     dtype = getattr(w1s, "dtype", None)
     for name, a in zip(_PARAM_NAMES, arrays):
-        if type(a) is not np.ndarray or a.dtype != dtype or dtype.char not in "fd" or not a.flags.c_contiguous:
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or dtype.char not in "fd" or not a.flags.c_contiguous:
             raise TypeError(f"params[{name!r}] must be a C-contiguous float32 or float64 array of the dtype of "
                             f"w1s ({dtype}), got "
                             + (f"dtype {a.dtype}, {'C-' if a.flags.c_contiguous else 'not C-'}contiguous"
