@@ -243,3 +243,22 @@ def test_ff_trains_without_the_fff_options(capsys, data):
     code, out, err = run(capsys, "train", "--data", f"npz:{data()}", "--model", "ff", "--epochs", "1", "--quiet")
     assert code == 0, err
     assert "test accuracy" in out and "leaves used" not in out
+
+
+@pytest.mark.parametrize("given, expected", [((), 16.0), (("--local-batch-size", "40"), 40.0)])
+def test_localized_training_gathers_a_batch_by_default(capsys, monkeypatch, data, given, expected):
+    # README: local_batch_size defaults to the batch size in fffcpu train, as in the estimators
+    import fffcpu
+
+    seen = {}
+    real = fffcpu.train
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fffcpu, "train", spy)
+    code, _, err = run(capsys, "train", "--data", f"npz:{data()}", "--optimizer", "local_adam", "--batch-size", "16",
+                       "--epochs", "1", "--quiet", *given)
+    assert code == 0, err
+    assert seen["optimizer"] == "local_adam" and seen["local_batch_size"] == expected

@@ -380,3 +380,38 @@ def test_soft_training_needs_no_straight_through_argument(make):
     est = make(train_hardened=False, epochs=1, random_state=0).fit(X, y)
     assert not est.model_.train_hardened and not est.model_.straight_through
     assert make(epochs=1, random_state=0).fit(X, y).model_.straight_through  # None: on with hard training
+
+
+def test_hyperparameters_reach_the_model_and_the_optimizer():
+    X, y = np.random.default_rng(0).random((40, 4)), np.arange(40) % 2
+    clf = FFFClassifier(depth=2, epochs=1, region_leak=0.3, optimizer="local_adam", usage_counts="hard",
+                        batch_size=8, random_state=0).fit(X, y)
+    assert clf.model_.region_leak == 0.3
+    assert clf._optimizer.counts == "hard" and clf._optimizer.local_batch_size == 8  # the batch size by default
+    clf = FFFClassifier(depth=2, epochs=1, optimizer="local_sgd", local_batch_size=5, random_state=0).fit(X, y)
+    assert clf._optimizer.local_batch_size == 5 and clf._optimizer.counts == "soft"
+
+
+def test_random_state_also_draws_the_minibatch_order(monkeypatch):
+    # the same initial weights under two random states: the first minibatch must still differ
+    X, y = np.random.default_rng(0).random((40, 4)), np.arange(40) % 2
+    first_batches = []
+    real_forward = FFF.forward
+
+    def forward(self, x, **kwargs):
+        if len(first_batches) < len(seen_models) and self is seen_models[-1]:
+            first_batches.append(np.array(x))
+        return real_forward(self, x, **kwargs)
+
+    seen_models = []
+    real_build = FFFClassifier._build_model
+
+    def build(self, n_features, n_outputs, seed):
+        seen_models.append(real_build(self, n_features, n_outputs, 0))  # one model whatever the random state
+        return seen_models[-1]
+
+    monkeypatch.setattr(FFF, "forward", forward)
+    monkeypatch.setattr(FFFClassifier, "_build_model", build)
+    for state in (3, 4):
+        FFFClassifier(depth=1, epochs=1, batch_size=8, random_state=state).fit(X, y)
+    assert len(first_batches) == 2 and not np.array_equal(*first_batches)

@@ -66,13 +66,19 @@ def test_every_activation_matches_reference(activation):
     np.testing.assert_allclose(model.predict(x), naive.fff_hard(model, x), rtol=1e-10, atol=1e-12)
 
 
-def test_mixture_weights_sum_to_one_and_hard_path_is_heaviest():
+def test_mixture_weights_sum_to_one_and_the_hard_path_takes_the_heavier_child():
     model, rng = random_model(5)
     x = rng.normal(size=(9, model.input_width))
     model.forward(x)
     c = model._cache["reach_levels"][-1]
     np.testing.assert_allclose(c.sum(axis=1), 1.0)
     np.testing.assert_allclose(c, naive.fff_mixture(model, x), atol=1e-12)
+    # at every node of its path, the hard route goes to the child of larger mixture weight (the leaf it ends in
+    # need not be the heaviest leaf: a decision of 0.51 followed by three of 0.5 weighs less than one of 0.49)
+    levels, hard, rows = model._cache["reach_levels"], model.route(x), np.arange(len(x))
+    for level in range(1, model.depth + 1):
+        child = hard >> (model.depth - level)
+        assert (levels[level][rows, child] >= levels[level][rows, child ^ 1]).all(), level
 
 
 def test_depth_zero_is_a_plain_ff():
@@ -166,7 +172,7 @@ def mse_loss(targets):
 
 
 @pytest.mark.parametrize("depth", [0, 1, 2, 3])
-@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "identity"])
 def test_soft_gradients_cross_entropy(depth, activation):
     model = FFF(4, 3, 3, depth, activation=activation, dtype="float64", seed=depth)
     rng = np.random.default_rng(depth)
@@ -518,6 +524,12 @@ def test_fastfeedforward_state_dict_round_trip_and_refusals():
     clone = FFF.from_fastfeedforward(state)
     x = rng.normal(size=(9, model.input_width)).astype(np.float32)
     np.testing.assert_array_equal(clone.predict(x), model.predict(x))
+    counts = {"node_usage": np.arange(7.0), "leaf_usage": np.arange(8.0) + 10}
+    for mode, other in (("soft", "hard"), ("hard", "soft")):
+        loaded = FFF.from_fastfeedforward({**state, **counts}, usage_mode=mode)
+        np.testing.assert_array_equal(loaded.usage[f"node_{mode}"], counts["node_usage"])
+        np.testing.assert_array_equal(loaded.usage[f"leaf_{mode}"], counts["leaf_usage"])
+        assert not loaded.usage[f"node_{other}"].any() and not loaded.usage[f"leaf_{other}"].any()
 
     class Module:  # what a torch module looks like to from_fastfeedforward: it has a state_dict() method
         def state_dict(self):

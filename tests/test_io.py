@@ -440,3 +440,42 @@ def test_a_loaded_model_starts_usage_and_region_leak_as_a_new_one(tmp_path):
     for key, counts in loaded.usage.items():
         assert (counts == 0).all(), key
     np.testing.assert_array_equal(loaded.leak_rng.random(8), fresh.leak_rng.random(8))
+
+
+class _Payload:
+    """Unpickling this creates a folder: the trace of code run from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_loading_never_runs_code_from_the_file(tmp_path):
+    marker = tmp_path / "code-ran"
+    for entry in ("__fffcpu__", "w1s"):  # in the metadata, or in a parameter array
+        path = tmp_path / f"{entry}.npz"
+        good = fffcpu.save(FFF(4, 2, 3, 2, seed=0), tmp_path / "good.npz")
+        with np.load(good) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays[entry] = np.array([_Payload(marker)], dtype=object)
+        np.savez(path, **arrays)
+        with pytest.raises(ValueError):
+            fffcpu.load(path)
+        assert not marker.exists(), f"loading a file with a pickled {entry} ran its code"
+
+
+def test_save_writes_a_temporary_file_beside_the_target_syncs_it_and_renames_it(tmp_path, monkeypatch):
+    # the rename is what makes the write atomic: it must happen within one folder, after the data are on disk
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", fd)), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace",
+                        lambda src, dst: (events.append(("replace", src, dst)), real_replace(src, dst))[1])
+    target = tmp_path / "m.npz"
+    fffcpu.save(FFF(4, 2, 3, 2, seed=0), target)
+    assert [e[0] for e in events] == ["fsync", "replace"]
+    _, src, dst = events[1]
+    assert os.path.dirname(src) == str(tmp_path) and dst == str(target) and not os.path.exists(src)
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]

@@ -392,6 +392,14 @@ def test_small_batches_of_a_heavy_model_give_the_serial_bits(input_width, leaf_w
     expected = engine.predict(x, model.params, model.depth, model.activation, method="serial")
     for n_jobs in (1, 2):
         np.testing.assert_array_equal(model.predict(x, n_jobs=n_jobs), expected)
+    if batch > 1 and engine.resolve_n_jobs(2) == 2:  # which path ran: not the serial kernel
+        real, calls = kernels._predict_serial, []
+        try:
+            kernels._predict_serial = lambda *args: (calls.append(len(args[0])), real(*args))[1]
+            np.testing.assert_array_equal(model.predict(x, n_jobs=2), expected)
+        finally:
+            kernels._predict_serial = real
+        assert calls == []
     with pytest.raises(ValueError, match="method must be one of"):
         engine.predict(np.zeros((1, 3)), FFF(3, 2, 2, 1).params, 1, "relu", method="fast")
 
@@ -514,6 +522,21 @@ def test_leaf_order_is_a_stable_argsort(n_leaves):
     leaves = np.random.default_rng(n_leaves).integers(0, n_leaves, size=1000)
     np.testing.assert_array_equal(kernels._leaf_order(leaves, n_leaves), np.argsort(leaves, kind="stable"))
     assert kernels._leaf_order(leaves[:0], n_leaves).shape == (0,)
+
+
+@pytest.mark.parametrize("n_leaves", [1, 3, 64])
+def test_tiles_cover_the_leaf_order_with_at_most_tile_samples_of_one_leaf(n_leaves):
+    # the per-thread scratch holds TILE samples: a longer tile would write past it
+    leaves = np.random.default_rng(n_leaves).integers(0, n_leaves, size=1000)
+    order = kernels._leaf_order(leaves, n_leaves)
+    starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+    assert starts[0] == 0 and starts[-1] == len(order) and len(tile_leaf) == len(starts) - 1
+    sizes = np.diff(starts)
+    assert sizes.min() >= 1 and sizes.max() <= kernels.TILE
+    for s, e, leaf in zip(starts[:-1], starts[1:], tile_leaf):
+        assert (leaves[order[s:e]] == leaf).all()
+    # as few tiles as that allows: every leaf in ceil(count / TILE) tiles
+    assert len(tile_leaf) == sum(-(-c // kernels.TILE) for c in np.bincount(leaves) if c)
 
 
 def test_engine_checks_the_arrays_it_hands_to_the_kernels():

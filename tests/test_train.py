@@ -359,3 +359,53 @@ def test_sharpening_that_would_overflow_raises_training_diverged_with_the_histor
     with pytest.raises(TrainingDiverged, match=r"after epoch \d+: sharpening by 1e\+06 would overflow float32") as err:
         train(model, X, y, epochs=8, sharpening=1e6, progress=False)
     assert err.value.history.epochs >= 1 and all(np.isfinite(p).all() for p in model.params.values())
+
+
+def test_divergence_restores_the_weights_before_the_update_that_diverged():
+    # the weights whose loss was the last finite one, not just some finite weights
+    from fffcpu.optim import SGD
+
+    class Recording(SGD):
+        def step(self, grads, rows=None):
+            self.before.append({k: v.copy() for k, v in self.params.items()})
+            super().step(grads, rows)
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 3)) * 1e3
+    y = rng.normal(size=(64, 1)) * 1e18
+    model = FF(3, 4, 1, activation="identity", seed=0)
+    opt = Recording(model.params, lr=10.0)
+    opt.before = []
+    with np.errstate(all="ignore"):
+        with pytest.raises(TrainingDiverged, match="the loss became") as info:
+            train(model, X, y, loss="mse", optimizer=opt, epochs=50, batch_size=8, progress=False)
+    assert opt.before and "the model keeps the last weights with a finite loss" in str(info.value)
+    # the loss after the last update was not finite: the model holds the weights before that update
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(v, opt.before[-1][k])
+
+
+@pytest.mark.parametrize("make, loss", [(lambda: FF(4, 8, 3, seed=0), "cross_entropy"),
+                                        (lambda: FFF(4, 2, 3, 2, seed=0), "mse")])
+def test_history_reports_the_mean_loss_and_the_metrics_it_names(make, loss):
+    # 50 samples in batches of 16 (the last one of 2): the epoch's loss is the mean over samples, not batches
+    from fffcpu.functional import LOSSES
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4))
+    y = rng.integers(0, 3, 50) if loss == "cross_entropy" else rng.normal(size=(50, 3))
+    model = make()
+    start = model.copy()
+    history = train(model, X, y, loss=loss, optimizer="sgd", lr=1e-30, epochs=1, batch_size=16, seed=0,
+                    progress=False)
+    loss_fn = LOSSES[loss][0]
+    order = np.random.default_rng(0).permutation(50)  # the order train's seed gives
+    batches = [order[s:s + 16] for s in range(0, 50, 16)]
+    expected = sum(loss_fn(start.forward(X[b]), y[b]) * len(b) for b in batches) / 50
+    np.testing.assert_allclose(history["loss"][0], expected, rtol=1e-6)
+    if loss == "mse":  # the mean squared error over every output of every sample
+        np.testing.assert_allclose(history["train_mse_hard"][0], np.mean((start.predict(X) - y) ** 2), rtol=1e-5)
+        np.testing.assert_allclose(history["train_mse_soft"][0], np.mean((start.predict_soft(X) - y) ** 2),
+                                   rtol=1e-5)
+    else:
+        assert history["train_acc_hard"][0] == np.mean(start.predict(X).argmax(axis=1) == y)
