@@ -53,6 +53,20 @@ def test_demo_prints_the_comparison_table():
         assert len(re.findall(r"\d+\.\d%", row)) == 2  # soft and hard accuracy
 
 
+def test_demo_repeats_exactly():
+    # README: the demo is seeded, and its accuracies and leaf counts repeat exactly (same BLAS kernel)
+    pytest.importorskip("sklearn")
+    import io
+
+    from fffcpu import cli
+
+    runs = [cli.demo(epochs=2, progress=False, out=io.StringIO()) for _ in range(2)]
+    for name, first in runs[0].items():
+        second = runs[1][name]
+        assert {k: v for k, v in first.items() if k != "samples_per_s"} == \
+            {k: v for k, v in second.items() if k != "samples_per_s"}, name
+
+
 def test_demo_compiles_the_kernels_before_training(monkeypatch):
     # The compilation (about half a minute on a first run) is announced and timed before any progress bar starts.
     pytest.importorskip("sklearn")
