@@ -302,12 +302,13 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                                        "unsharpened", history) from None
             node_scale *= factor
             metrics["node_scale"] = node_scale
-        metrics.update(_evaluate(model, X, y, loss, "train"))
-        if validation is not None:
-            # the counterpart of "loss": the outputs training computes, hard when the model trains hard
-            hard = getattr(model, "train_hardened", False)
-            metrics["val_loss"] = loss_fn(model.predict(X_val) if hard else model.predict_soft(X_val), y_val)
-            metrics.update(_evaluate(model, X_val, y_val, loss, "val"))
+        with np.errstate(over="ignore", invalid="ignore"):  # huge (finite) weights: the metrics say so, as Inf/NaN
+            metrics.update(_evaluate(model, X, y, loss, "train"))
+            if validation is not None:
+                # the counterpart of "loss": the outputs training computes, hard when the model trains hard
+                hard = getattr(model, "train_hardened", False)
+                metrics["val_loss"] = loss_fn(model.predict(X_val) if hard else model.predict_soft(X_val), y_val)
+                metrics.update(_evaluate(model, X_val, y_val, loss, "val"))
         metrics["seconds"] = time.perf_counter() - started
         history.append(**metrics)
         bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if k in _SHOWN}, refresh=False)
