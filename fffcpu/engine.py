@@ -56,7 +56,8 @@ from ._validation import SMALL_BATCH_BYTES, as_array, check_dtype, check_fits_in
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
-           "resolve_n_jobs", "num_threads", "route", "route_flipped", "predict", "is_ready", "predict_small",
+           "resolve_n_jobs", "num_threads", "route", "run_route", "route_flipped", "predict", "run_predict",
+           "is_ready", "predict_small", "activation_code",
            "route_small", "leaf_outputs", "choose_method", "sample_work", "serial_rows", "refuse_huge_batch",
            "threading_layer", "warmup"]
 
@@ -183,7 +184,8 @@ def _check_x(x: np.ndarray) -> None:
         raise ValueError(f"x must be 2-D (samples, input_width), got shape {x.shape}")
 
 
-def _activation_code(activation) -> int:
+def activation_code(activation) -> int:
+    """The kernels' code of an activation name (``kernels.fff.ACTIVATION_CODES``), or a ``ValueError``."""
     if activation not in _k.ACTIVATION_CODES:
         raise ValueError(f"activation must be one of {sorted(_k.ACTIVATION_CODES)}, got {activation!r}")
     return _k.ACTIVATION_CODES[activation]
@@ -206,6 +208,12 @@ def route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: str 
     x = _contiguous(x, getattr(node_weights, "dtype", None))
     _check_x(x)
     _node_arrays(node_weights, node_biases, depth, x.shape[1])
+    return run_route(x, node_weights, node_biases, depth, n_jobs=n_jobs, method=method)
+
+
+def run_route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: str = "auto") -> np.ndarray:
+    """``route`` without its checks, for a caller that made them: the models, on their own parameters (whose
+    shapes cannot change) and an ``x`` they checked and made C-contiguous in the parameters' dtype."""
     n = x.shape[0]
     leaves = np.empty(n, dtype=np.int64)
     if n == 0:
@@ -272,10 +280,19 @@ def predict(x, params: dict, depth: int, activation: str, *, n_jobs=None, method
         Where to write the result, already checked by the caller (``_validation.check_out``); a new array if None.
     """
     _check_method(method)
-    act = _activation_code(activation)
+    act = activation_code(activation)
     x = _contiguous(x, getattr(params.get("w1s") if isinstance(params, dict) else None, "dtype", None))
     _check_x(x)
-    nw, nb, w1s, b1s, w2s, b2s = _param_arrays(params, depth, x.shape[1])
+    return run_predict(x, _param_arrays(params, depth, x.shape[1]), depth, act, n_jobs=n_jobs, method=method,
+                       out=out)
+
+
+def run_predict(x, arrays: tuple, depth: int, act: int, *, n_jobs=None, method: str = "auto",
+                out=None) -> np.ndarray:
+    """``predict`` without its checks, for a caller that made them: the models, on their own parameters (whose
+    shapes cannot change) and an ``x`` they checked and made C-contiguous in the parameters' dtype. ``arrays``:
+    the six parameter arrays in the order of ``predict``'s ``params``; ``act``: an activation code."""
+    nw, nb, w1s, b1s, w2s, b2s = arrays
     n = x.shape[0]
     if out is None:
         out = np.empty((n, w2s.shape[2]), dtype=w1s.dtype)
@@ -335,7 +352,7 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
     The same arithmetic as ``predict`` (bit for bit), for leaves chosen elsewhere (hard training, region leak).
     """
     _check_method(method)
-    act = _activation_code(activation)
+    act = activation_code(activation)
     x = _contiguous(x, getattr(params.get("w1s") if isinstance(params, dict) else None, "dtype", None))
     _check_x(x)
     _, _, w1s, b1s, w2s, b2s = _param_arrays(params, None, x.shape[1])

@@ -105,6 +105,7 @@ class FFF(Model):
             )
         self.activation = activation
         self._act, self._act_grad = get_activation(activation)
+        self._act_code = engine.activation_code(activation)  # the kernels' name for it
         self.region_leak = check_probability(region_leak, "region_leak")
         train_hardened = check_bool(train_hardened, "train_hardened")
         straight_through = (train_hardened if straight_through is None
@@ -240,8 +241,9 @@ class FFF(Model):
             engine.resolve_n_jobs(n_jobs)
         if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
             return engine.route_small(x, p["node_weights"], p["node_biases"], self.depth)
-        x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
-        return engine.route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
+        x = np.ascontiguousarray(self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype,
+                                                                        self.output_width)))
+        return engine.run_route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
 
     def predict(self, x, *, n_jobs=None, out=None) -> np.ndarray:
         """Hard inference (§2): route each sample to one leaf and evaluate that leaf only, b2 included.
@@ -275,10 +277,13 @@ class FFF(Model):
             if out is not None:  # (no call at all on the batch-1 path without one)
                 out = self._check_out(out, x)
             return engine.predict_small(x, self.params, self.depth, self.activation, out)
-        x = self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype, self.output_width))
+        x = np.ascontiguousarray(self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype,
+                                                                        self.output_width)))
         if out is not None:
             out = self._check_out(out, x)
-        return engine.predict(x, self.params, self.depth, self.activation, n_jobs=n_jobs, out=out)
+        p = self.params  # the model's own arrays: their shapes and dtype cannot change (models.base.Parameters)
+        arrays = (p["node_weights"], p["node_biases"], p["w1s"], p["b1s"], p["w2s"], p["b2s"])
+        return engine.run_predict(x, arrays, self.depth, self._act_code, n_jobs=n_jobs, out=out)
 
     def _check_out(self, out, x):
         """``out`` checked (``_validation.check_out``) as the output of ``predict`` on the checked input ``x``."""
