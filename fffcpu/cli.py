@@ -252,9 +252,9 @@ def _load_npy(path: str) -> np.ndarray:
 def _refuse_objects(f, where: str) -> None:
     """Read the .npy header at the start of file object ``f``; an array of Python objects (which only unpickling
     would read) raises a ``ValueError`` naming ``where``, before any data are read."""
-    major, _ = np.lib.format.read_magic(f)
-    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read_header(f)
+    from .io import npy_header
+
+    shape, dtype = npy_header(f)
     if dtype.hasobject:
         raise ValueError(f"{where} holds an array of Python objects (dtype {dtype}, shape {shape}), which fffcpu "
                          "does not read (it would need unpickling); expected a numeric array (samples x features)")

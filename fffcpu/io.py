@@ -253,7 +253,7 @@ def _model_file(path) -> str:
     if start.startswith(_NPY_MAGIC):
         try:
             with open(path, "rb") as f:
-                shape, dtype = _npy_header(f)
+                shape, dtype = npy_header(f)
         except _READ_ERRORS as err:
             raise ValueError(f"{path!r} is not a readable fffcpu model file (corrupt or truncated: {err})") from None
         raise ValueError(f"{path!r} holds a single array ({dtype} {shape}), not an fffcpu model "
@@ -269,7 +269,7 @@ def _open_archive(path: str) -> zipfile.ZipFile:
         raise ValueError(f"{path!r} is not a readable fffcpu model file (corrupt or truncated: {err})") from None
 
 
-def _npy_header(f) -> tuple[tuple, np.dtype]:
+def npy_header(f) -> tuple[tuple, np.dtype]:
     """Shape and dtype of the .npy data that ``f`` starts with, from its header alone: no array data is read."""
     head = BytesIO(f.read(_NPY_HEADER_BYTES))
     version = np.lib.format.read_magic(head)
@@ -286,7 +286,7 @@ def _entry_header(path: str, archive: zipfile.ZipFile, member: str) -> tuple[tup
     """Shape and dtype of the .npy entry ``member`` of ``archive``, read from its header."""
     try:
         with archive.open(member) as f:
-            return _npy_header(f)
+            return npy_header(f)
     except _READ_ERRORS as err:
         raise ValueError(f"{path!r} is not a readable fffcpu model file (entry {member!r}: {err})") from None
 
