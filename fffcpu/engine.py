@@ -52,13 +52,13 @@ from contextlib import contextmanager, nullcontext
 import numba
 import numpy as np
 
-from ._validation import SMALL_BATCH_BYTES, as_array, check_dtype, check_fits_in_memory, is_valid_input
+from ._validation import check_dtype, is_valid_input
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
            "resolve_n_jobs", "num_threads", "route", "run_route", "route_flipped", "predict", "run_predict",
            "is_ready", "predict_small", "activation_code",
-           "route_small", "leaf_outputs", "choose_method", "sample_work", "serial_rows", "refuse_huge_batch",
+           "route_small", "leaf_outputs", "choose_method", "sample_work", "serial_rows",
            "threading_layer", "warmup"]
 
 METHODS = ("auto", "serial", "parallel", "grouped")
@@ -162,21 +162,6 @@ def choose_method(n: int, threads: int, n_leaves: int = 1 << 30, leaf_width: int
 def _contiguous(x: np.ndarray, dtype) -> np.ndarray:
     """``x`` as a C-contiguous array of ``dtype`` (no copy when it already is one)."""
     return np.ascontiguousarray(x, dtype=dtype)
-
-
-def refuse_huge_batch(x, input_width: int, dtype, output_width: int):
-    """``np.asarray(x)``, after refusing (``MemoryError``) a batch whose converted input, output and
-    bookkeeping would not fit in physical memory. Shape and dtype errors are left to the model's checks
-    (``_validation.as_array`` makes the array: masked values refused, pandas' nullable columns as floats)."""
-    arr = as_array(x, "x")
-    if arr.ndim == 2 and arr.shape[1] == input_width and arr.dtype.kind in "fiub":
-        n, itemsize = arr.shape[0], np.dtype(dtype).itemsize
-        per_sample = output_width * itemsize + 4 * 8  # output + leaves, order, tile starts and leaves
-        if arr.dtype != dtype or not arr.flags.c_contiguous:
-            per_sample += input_width * itemsize  # the converted copy of x
-        if float(n) * per_sample > SMALL_BATCH_BYTES:  # (asking the OS for its memory size costs ~1 µs)
-            check_fits_in_memory(float(n) * per_sample, f"hard inference on {n:,} samples")
-    return arr
 
 
 def _check_x(x: np.ndarray) -> None:

@@ -241,8 +241,7 @@ class FFF(Model):
             engine.resolve_n_jobs(n_jobs)
         if engine.is_ready(x, self.input_width, self.dtype):  # small C-contiguous batch of our dtype: no copies
             return engine.route_small(x, p["node_weights"], p["node_biases"], self.depth)
-        x = np.ascontiguousarray(self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype,
-                                                                        self.output_width)))
+        x = np.ascontiguousarray(self._check_x(x, per_sample=self._inference_bytes, what="hard inference"))
         return engine.run_route(x, p["node_weights"], p["node_biases"], self.depth, n_jobs=n_jobs)
 
     def predict(self, x, *, n_jobs=None, out=None) -> np.ndarray:
@@ -277,13 +276,18 @@ class FFF(Model):
             if out is not None:  # (no call at all on the batch-1 path without one)
                 out = self._check_out(out, x)
             return engine.predict_small(x, self.params, self.depth, self.activation, out)
-        x = np.ascontiguousarray(self._check_x(engine.refuse_huge_batch(x, self.input_width, self.dtype,
-                                                                        self.output_width)))
+        x = np.ascontiguousarray(self._check_x(x, per_sample=self._inference_bytes, what="hard inference"))
         if out is not None:
             out = self._check_out(out, x)
         p = self.params  # the model's own arrays: their shapes and dtype cannot change (models.base.Parameters)
         arrays = (p["node_weights"], p["node_biases"], p["w1s"], p["b1s"], p["w2s"], p["b2s"])
         return engine.run_predict(x, arrays, self.depth, self._act_code, n_jobs=n_jobs, out=out)
+
+    @property
+    def _inference_bytes(self) -> int:
+        """Bytes hard inference allocates per sample: its output row and four integers of bookkeeping (leaf,
+        sort order, tile start and tile leaf)."""
+        return self.output_width * self.dtype.itemsize + 4 * 8
 
     def _check_out(self, out, x):
         """``out`` checked (``_validation.check_out``) as the output of ``predict`` on the checked input ``x``."""
