@@ -40,19 +40,20 @@ matmuls and large ``predict`` calls with both pools at full size can oversubscri
 With the ``omp`` threading layer and OpenMP's default wait policy, a parallel call made after the process was idle
 can stall for milliseconds on a virtual machine; ``OMP_WAIT_POLICY=passive`` in the environment, or the
 ``workqueue`` layer, avoids it at some cost to back-to-back calls (README, "Hard inference";
-``scripts/idle_stall.py``). Parallel launches are serialised by a lock (the ``workqueue`` threading layer does not
-support concurrent launches); serial kernels release the GIL and run concurrently.
+``scripts/idle_stall.py``). Parallel launches take turns (``fffcpu.kernels.parallel_lock``, shared with the UltraFFF
+kernels: the ``workqueue`` threading layer aborts the process on concurrent launches), except launches on one
+thread under the ``omp`` or ``tbb`` layer; those and the serial kernels release the GIL and run concurrently.
 """
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numba
 import numpy as np
 
 from ._validation import check_dtype, is_valid_input
+from .kernels import parallel_lock
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
@@ -77,8 +78,6 @@ GROUPED_PER_LEAF = 8
 #: leaves of ``kernels.fff.WIDE`` units or more only from 4 samples per leaf (smaller tiles of such leaves share no
 #: weight loads: 17 samples on 8 leaves of 1024 units took 581 µs grouped against 567 µs parallel).
 GROUPED_WIDE_LEAF = 64
-
-_PARALLEL_LOCK = threading.RLock()
 
 
 # --- threads ----------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ def run_route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: 
         if method == "serial":
             _k._route_serial(x, node_weights, node_biases, depth, leaves)
         else:
-            with _PARALLEL_LOCK:
+            with parallel_lock(threads):
                 _k._route_parallel(x, node_weights, node_biases, depth, leaves)
     return leaves
 
@@ -293,10 +292,10 @@ def run_predict(x, arrays: tuple, depth: int, act: int, *, n_jobs=None, method: 
         if method == "serial":
             _k._predict_serial(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out)
         elif method == "parallel":
-            with _PARALLEL_LOCK:
+            with parallel_lock(threads):
                 _k._predict_parallel(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out, _chunks(n, threads))
         else:
-            with _parallel_lock(threads):
+            with parallel_lock(threads):
                 _k._predict_grouped(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out, threads)
     return out
 
@@ -362,13 +361,10 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
 
 
 def _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
-    with _parallel_lock(threads):
+    with parallel_lock(threads):
         _k._eval_grouped(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)
 
 
-def _parallel_lock(threads: int):
-    """The lock around parallel launches (see the module docstring); single-threaded kernels need none."""
-    return _PARALLEL_LOCK if threads > 1 else nullcontext()
 
 
 def _param_arrays(params: dict, depth: int | None = None, input_width: int | None = None):

@@ -9,12 +9,45 @@ Every kernel is declared with ``cache=True``, and Numba refuses such a declarati
 cache in: neither a writable ``__pycache__`` beside the module nor a user cache folder (``~/.cache/numba``), as
 for a read-only install run by an account without a writable home. ``_ensure_cache_dir`` then points Numba's
 cache to a folder in the temporary directory, unless ``NUMBA_CACHE_DIR`` chooses one.
+
+Threads: every kernel releases the GIL (``nogil=True``), so calls from several Python threads run at once, and
+every launch of a ``parallel=True`` kernel holds ``PARALLEL_LOCK`` (``parallel_lock`` says when): Numba's
+``workqueue`` threading layer (the one left where neither OpenMP nor TBB loads, or the one chosen by
+``NUMBA_THREADING_LAYER``) aborts the whole process when two threads launch parallel kernels at once. With the
+``omp`` and ``tbb`` layers the lock only makes launches on several threads take turns (each already uses every
+thread it was given); launches on one thread run side by side.
 """
 
+import contextlib
 import os
 import tempfile
+import threading
 
 import numba
+
+#: Held around every launch of a ``parallel=True`` kernel that another thread's launch could meet (``parallel_lock``).
+PARALLEL_LOCK = threading.RLock()
+
+_layer = None  # the threading layer, once Numba has started one (it cannot change afterwards)
+
+
+def parallel_lock(threads: int | None = None):
+    """``PARALLEL_LOCK``, to hold around a parallel launch on ``threads`` Numba threads (None: the calling thread's
+    current setting); nothing to hold on one thread under the ``omp`` or ``tbb`` layer, so that the tasks of a Dask
+    worker with ``n_jobs=1`` (many Python threads, one Numba thread each) still run side by side. The ``workqueue``
+    layer, and a layer not started yet, get the lock at any thread count: ``workqueue`` queues even a one-thread
+    launch and aborts the process when another thread's launch meets it."""
+    global _layer
+    if threads is None:
+        threads = numba.get_num_threads()
+    if threads > 1:
+        return PARALLEL_LOCK
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet
+            return PARALLEL_LOCK
+    return PARALLEL_LOCK if _layer == "workqueue" else contextlib.nullcontext()
 
 
 def _writable(path: str) -> bool:

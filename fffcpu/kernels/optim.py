@@ -5,7 +5,7 @@ import math
 from numba import njit
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_step(param, grad, m, v, lr_over_c1, beta1, beta2, inv_sqrt_c2, eps, weight_decay):
     """Adam in place on flat (1-D, contiguous) arrays, every element at the same step.
 

@@ -36,6 +36,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import parallel_lock
+
 __all__ = ["ACTIVATION_CODES", "forward", "predict", "route", "backward", "split_level", "predict_kernel", "streams"]
 
 #: Activation name -> integer code understood by the kernels.
@@ -297,7 +299,7 @@ def _store_fence(typingctx):
 # --- scalar helpers -------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _activation(z, code):
     """act(z) in float64 for the activation ``code`` (see ACTIVATION_CODES); GELU is the exact erf form."""
     z = float(z)
@@ -315,7 +317,7 @@ def _activation(z, code):
     return z
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _activation_grad(z, code):
     """act'(z) in float64; GELU' = Φ(z) + z φ(z)."""
     z = float(z)
@@ -332,7 +334,7 @@ def _activation_grad(z, code):
     return 1.0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _visit(t, level, node, z, code, nodes_b, logits_b, acts_b):
     """Record the logit ``z`` of one input at ``node`` (tree ``t``, ``level``) and return its next node, which is
     also recorded in ``nodes_b`` unless ``level`` is the last."""
@@ -344,7 +346,7 @@ def _visit(t, level, node, z, code, nodes_b, logits_b, acts_b):
     return child
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _levels(n_nodes):
     """depth + 1 of a tree of ``n_nodes`` = 2**(depth + 1) - 1 nodes."""
     levels = 0
@@ -356,7 +358,7 @@ def _levels(n_nodes):
 # --- one input ------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _walk_levels(xb, w_in, b_in, code, t, level0, level1, nodes_b, logits_b, acts_b):
     """Walk tree ``t`` for one input from ``level0`` (its node there is ``nodes_b[t, level0]``) to ``level1``
     (exclusive), recording nodes, logits and activations in its path arrays (trees, levels)."""
@@ -365,7 +367,7 @@ def _walk_levels(xb, w_in, b_in, code, t, level0, level1, nodes_b, logits_b, act
         node = _visit(t, level, node, _dot(xb, w_in[t, node]) + b_in[t, node], code, nodes_b, logits_b, acts_b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _walk_one(xb, w_in, b_in, code, nodes_b, logits_b, acts_b):
     """Walk every tree for one input: its path ``nodes_b`` (trees, levels), logits and activations."""
     trees, levels = nodes_b.shape
@@ -374,7 +376,7 @@ def _walk_one(xb, w_in, b_in, code, nodes_b, logits_b, acts_b):
         _walk_levels(xb, w_in, b_in, code, t, 0, levels, nodes_b, logits_b, acts_b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _walk_four(x, w_in, b_in, code, t, b0, b1, b2, b3, level0, level1, nodes, logits, acts):
     """``_walk_levels`` for inputs ``b0``..``b3`` at once (``_dot4``: four independent dot products per step,
     each at its input's own node); each input's arithmetic is that of ``_walk_levels``."""
@@ -387,7 +389,7 @@ def _walk_four(x, w_in, b_in, code, t, b0, b1, b2, b3, level0, level1, nodes, lo
         n3 = _visit(t, level, n3, z3 + b_in[t, n3], code, nodes[b3], logits[b3], acts[b3])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _walk_inputs(x, w_in, b_in, code, t, ids, level0, level1, nodes, logits, acts):
     """Walk tree ``t`` from ``level0`` to ``level1`` for the inputs ``ids``, four at a time."""
     m = ids.shape[0]
@@ -401,7 +403,7 @@ def _walk_inputs(x, w_in, b_in, code, t, ids, level0, level1, nodes, logits, act
         _walk_levels(x[b], w_in, b_in, code, t, level0, level1, nodes[b], logits[b], acts[b])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _route_one(xb, w_in, b_in, depth, leaves_b):
     """Leaf id (final node - (2**depth - 1)) of one input in every tree."""
     first_leaf = (1 << depth) - 1
@@ -416,21 +418,21 @@ def _route_one(xb, w_in, b_in, depth, leaves_b):
 # --- per-input batch kernels: a serial and a parallel form of each --------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _forward_serial(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     for b in range(x.shape[0]):
         _walk_one(x[b], w_in, b_in, code, nodes[b], logits[b], acts[b])
         _path_output(y[b], w_out, nodes[b], acts[b])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _forward_parallel(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     for b in prange(x.shape[0]):
         _walk_one(x[b], w_in, b_in, code, nodes[b], logits[b], acts[b])
         _path_output(y[b], w_out, nodes[b], acts[b])
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _predict_serial(x, w_in, b_in, w_out, code, y):
     """Hard inference, nothing kept (one path buffer for the whole call); the batch-1 kernel."""
     trees, n_nodes = b_in.shape
@@ -443,7 +445,7 @@ def _predict_serial(x, w_in, b_in, w_out, code, y):
         _path_output(y[b], w_out, nodes_b, acts_b)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _predict_parallel(x, w_in, b_in, w_out, code, y):
     """The inputs in chunks of ``PREDICT_CHUNK``, one path buffer per chunk (not one allocation per input)."""
     n = x.shape[0]
@@ -458,13 +460,13 @@ def _predict_parallel(x, w_in, b_in, w_out, code, y):
             _path_output(y[b], w_out, nodes_b, acts_b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _route_serial(x, w_in, b_in, depth, leaves):
     for b in range(x.shape[0]):
         _route_one(x[b], w_in, b_in, depth, leaves[b])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _route_parallel(x, w_in, b_in, depth, leaves):
     for b in prange(x.shape[0]):
         _route_one(x[b], w_in, b_in, depth, leaves[b])
@@ -473,7 +475,7 @@ def _route_parallel(x, w_in, b_in, depth, leaves):
 # --- grouped by subtree: several inputs share each weight row ---------------------------------------------------
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _forward_grouped(x, w_in, b_in, w_out, code, split, stream, nodes, logits, acts, y, order):
     """Training forward / inference for large batches, with the inputs ordered so that shared weight rows stay
     in cache.
@@ -540,7 +542,7 @@ def _forward_grouped(x, w_in, b_in, w_out, code, split, stream, nodes, logits, a
 # --- backward -----------------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _path_grads_one(xb, gb, w_in, w_out, code, nodes_b, logits_b, dz_b, dxb, want_dx):
     """∂L/∂z_n = act'(z_n) (g · u_n) on one input's paths; ``dxb = Σ_path ∂L/∂z_n w_n`` if ``want_dx``."""
     trees, levels = nodes_b.shape
@@ -557,19 +559,19 @@ def _path_grads_one(xb, gb, w_in, w_out, code, nodes_b, logits_b, dz_b, dxb, wan
                     dxb[i] += d * w[i]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _path_grads_parallel(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx):
     for b in prange(x.shape[0]):
         _path_grads_one(x[b], g[b], w_in, w_out, code, nodes[b], logits[b], dz[b], dx[b], want_dx)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _path_grads_serial(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx):
     for b in range(x.shape[0]):
         _path_grads_one(x[b], g[b], w_in, w_out, code, nodes[b], logits[b], dz[b], dx[b], want_dx)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx, order):
     """``_path_grads_one`` for every input, visiting inputs in ``order`` (grouped by subtree: shared rows hot)."""
     for i in prange(x.shape[0]):
@@ -577,7 +579,7 @@ def _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx, want_dx,
         _path_grads_one(x[b], g[b], w_in, w_out, code, nodes[b], logits[b], dz[b], dx[b], want_dx)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _group_by_node(nodes, n_nodes):
     """Counting sort of the path entries by (tree, node): ``entries[offsets[k]:offsets[k + 1]]`` are the flat
     indices ``(b * trees + t) * levels + level`` of the entries visiting row ``k = t * n_nodes + node``, b ascending."""
@@ -600,7 +602,7 @@ def _group_by_node(nodes, n_nodes):
     return offsets, entries
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _accumulate_rows(src, coef, offsets, entries, per_sample, dst, c0, c1):
     """``dst[k, c0:c1] = Σ_{entries e of row k} coef[e] src[e // per_sample, c0:c1]`` for every row k (0 if none).
 
@@ -618,7 +620,7 @@ def _accumulate_rows(src, coef, offsets, entries, per_sample, dst, c0, c1):
         dst[k, c0:c1] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _weight_grads(x, g, acts, dz, offsets, entries, per_sample, dw_in, db_in, dw_out, block_in, block_out):
     """All weight gradients; iteration j of the prange owns one column block of dw_in or dw_out (or db_in).
 
@@ -663,10 +665,14 @@ def forward(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
         order = np.empty(n, dtype=np.int64)
         depth = nodes.shape[2] - 1
         split = split_level(depth, (w_in.shape[2] + w_out.shape[2] + 1) * w_in.itemsize)
-        _forward_grouped(x, w_in, b_in, w_out, code, split, streams(y), nodes, logits, acts, y, order)
+        with parallel_lock():
+            _forward_grouped(x, w_in, b_in, w_out, code, split, streams(y), nodes, logits, acts, y, order)
         return order
-    kernel = _forward_parallel if n >= PARALLEL_MIN_BATCH else _forward_serial
-    kernel(x, w_in, b_in, w_out, code, nodes, logits, acts, y)
+    if n >= PARALLEL_MIN_BATCH:
+        with parallel_lock():
+            _forward_parallel(x, w_in, b_in, w_out, code, nodes, logits, acts, y)
+    else:
+        _forward_serial(x, w_in, b_in, w_out, code, nodes, logits, acts, y)
     return np.arange(n, dtype=np.int64)
 
 
@@ -678,21 +684,22 @@ def streams(y):
 
 
 def predict_kernel(n):
-    """The kernel ``predict`` runs for a batch of ``n`` inputs when it is not grouped:
-    ``kernel(x, w_in, b_in, w_out, code, y)``; None for batches that take the grouped kernel.
+    """The serial kernel ``predict`` runs for a batch of ``n`` inputs, ``kernel(x, w_in, b_in, w_out, code, y)``;
+    None for batches that take a parallel kernel (through ``predict``, which takes ``parallel_lock``).
     ``UltraFFF.predict`` calls it directly for small batches (no further dispatch)."""
-    if n >= GROUPED_MIN_BATCH:
-        return None
-    return _predict_parallel if n >= PARALLEL_MIN_BATCH else _predict_serial
+    return _predict_serial if n < PARALLEL_MIN_BATCH else None
 
 
 def predict(x, w_in, b_in, w_out, code, depth, y):
     """Hard inference into ``y`` (n, output_width); keeps nothing (large batches use the grouped kernel with
     per-input path buffers)."""
     n = len(x)
-    kernel = predict_kernel(n)
-    if kernel is not None:
-        kernel(x, w_in, b_in, w_out, code, y)
+    if n < PARALLEL_MIN_BATCH:
+        _predict_serial(x, w_in, b_in, w_out, code, y)
+        return
+    if n < GROUPED_MIN_BATCH:
+        with parallel_lock():
+            _predict_parallel(x, w_in, b_in, w_out, code, y)
         return
     shape = (n, w_in.shape[0], depth + 1)
     forward(x, w_in, b_in, w_out, code, np.empty(shape, np.int64), np.empty(shape, y.dtype),
@@ -701,8 +708,11 @@ def predict(x, w_in, b_in, w_out, code, depth, y):
 
 def route(x, w_in, b_in, depth, leaves):
     """Leaf per input and tree into ``leaves`` (n, trees) int64."""
-    kernel = _route_parallel if len(x) >= PARALLEL_MIN_BATCH else _route_serial
-    kernel(x, w_in, b_in, depth, leaves)
+    if len(x) >= PARALLEL_MIN_BATCH:
+        with parallel_lock():
+            _route_parallel(x, w_in, b_in, depth, leaves)
+    else:
+        _route_serial(x, w_in, b_in, depth, leaves)
 
 
 def backward(x, g, w_in, w_out, code, nodes, logits, acts, order, dw_in, db_in, dw_out, dx):
@@ -717,13 +727,15 @@ def backward(x, g, w_in, w_out, code, nodes, logits, acts, order, dw_in, db_in, 
     want_dx = dx is not None
     dx_buf = dx if want_dx else np.empty((n, 0), dtype=x.dtype)
     if n >= PARALLEL_MIN_BATCH:
-        _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx_buf, want_dx, order)
+        with parallel_lock():
+            _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx_buf, want_dx, order)
     else:
         _path_grads_serial(x, g, w_in, w_out, code, nodes, logits, dz, dx_buf, want_dx)
     offsets, entries = _group_by_node(nodes, n_nodes)
     blocks = 2 * numba.get_num_threads()
     block_in = max(16, -(-x.shape[1] // blocks))
     block_out = max(16, -(-g.shape[1] // blocks))
-    _weight_grads(x, g, acts.reshape(-1), dz.reshape(-1), offsets, entries, trees * levels,
-                  dw_in.reshape(trees * n_nodes, -1), db_in.reshape(-1), dw_out.reshape(trees * n_nodes, -1),
-                  block_in, block_out)
+    with parallel_lock():
+        _weight_grads(x, g, acts.reshape(-1), dz.reshape(-1), offsets, entries, trees * levels,
+                      dw_in.reshape(trees * n_nodes, -1), db_in.reshape(-1), dw_out.reshape(trees * n_nodes, -1),
+                      block_in, block_out)
