@@ -130,7 +130,8 @@ def main(argv=None):
         module = importlib.import_module(name)
         kwargs = {}
         if name == "benchmarks.inference" and args.out != "-":
-            kwargs["plot_path"] = os.path.join(out_dir, "benchmarks_inference.png")
+            stem = os.path.splitext(os.path.basename(args.out))[0]  # docs/benchmarks.md: benchmarks_inference.png
+            kwargs["plot_path"] = os.path.join(out_dir, f"{stem}_inference.png")
         section = module.run(args.quick, **kwargs)
         if "plot_path" in kwargs:
             section.figures["plot"] = os.path.basename(kwargs["plot_path"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import os
+import pathlib
 import platform
 import time
 
@@ -168,6 +170,44 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_details() -> str:
+    """What tells CPUs of one model name apart: family/model/stepping, the cache sizes per level (from sysfs; a
+    cache shared by several CPUs says so) and the widest vector ISA. Empty where the system does not say."""
+    fields, flags = {}, set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    parts = []
+    if fields:
+        parts.append(f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+                     f"stepping {fields.get('stepping', '?')}")
+    caches = []
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            level, kind, size, shared = (pathlib.Path(index, name).read_text().strip()
+                                         for name in ("level", "type", "size", "shared_cpu_list"))
+        except OSError:
+            continue
+        if kind == "Instruction":
+            continue
+        label = f"L{level}{'d' if kind == 'Data' else ''}"
+        caches.append(f"{label} {size}{' shared' if ('-' in shared or ',' in shared) else ' per core'}")
+    if caches:
+        parts.append(", ".join(caches))
+    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "")
+    if isa:
+        parts.append(isa + (" with FMA" if "fma" in flags else ""))
+    return "; ".join(parts)
+
+
 def source_revision() -> str:
     """The fffcpu source the figures come from: its git commit (``-dirty`` with uncommitted changes), or its
     version where it is not a git checkout."""
@@ -209,6 +249,7 @@ def machine_info(threads=THREADS) -> dict:
     info = {
         "fffcpu source": source_revision(),
         "CPU": f"{cpu_model()} ({os.cpu_count()} logical CPUs)",
+        "CPU details": cpu_details() or "not reported by this system",
         "Python": platform.python_version(),
         "NumPy": np.__version__,
         "SciPy": scipy.__version__,

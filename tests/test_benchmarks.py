@@ -47,9 +47,11 @@ def test_runner_writes_report(tmp_path, monkeypatch):
     assert text == report
     for needle in ("## Machine", "Numba threading layer", "threadpool 0", "| 32 | 1 | 16 | 3 |", "| leaf width ℓ |",
                    "## Training step", "fffcpu FFF(784, 8, 10, 4)", "fffcpu dense FF(784, 128, 10)",
-                   "### Batch 1: where the time goes", "12 layers of each kind", "## The dense baselines' BLAS kernel"):
+                   "### Batch 1: where the time goes", "12 layers of each kind", "CPU details",
+                   "## The dense baselines' BLAS kernel"):
         assert needle in text, needle
-    assert (tmp_path / "benchmarks_inference.png").exists()
+    assert (tmp_path / "bench_inference.png").exists()  # named after the report, so reports side by side keep theirs
+    assert "![Hard inference: fffcpu vs dense FF and the PyTorch package](bench_inference.png)" in text
     assert "benchmarks.training" in runner.MODULES and "benchmarks.inference" in runner.MODULES
 
 
