@@ -275,15 +275,16 @@ def _output_row(typingctx, h, hoff, w2, woff, n_units, b2, boff, y, yoff):
 
 
 def _prefetch_line(builder, pointer):
-    """IR of a read prefetch of the cache line holding ``pointer`` into every cache level, L1 included
-    (``llvm.prefetch`` with locality 3: ``prefetcht0``). Measured against locality 2 (``prefetcht1``, into L2) for
-    every prefetch of the kernels: 1.02-1.05x at depth 9, batch 4096, in three interleaved A/Bs of five rounds,
-    0.98-1.01x at depth 12, 1.02-1.03x at batch 1 and 64."""
+    """IR of a read prefetch of the cache line holding ``pointer`` into L2 and beyond, not L1 (``llvm.prefetch``
+    with locality 2: ``prefetcht1``). Against locality 3 (``prefetcht0``, L1 included), both loaded from Numba's
+    cache (``benchmarks.ab``), on a Zen 4 with a 32 KiB L1d: 1.04-1.11x at depth 9, batch 4096, in three A/Bs,
+    1.09x at depth 6, 1.00-1.08x at depth 12, 0.99-1.02x at batch 1, 64 and 256; on a Zen 5 with a 48 KiB L1d:
+    1.03x at depth 9, 0.99x at depth 12, 0.94-1.00x at batch 1, 256 and 1024 (docs/engine.md)."""
     i8p = ir.IntType(8).as_pointer()
     i32 = ir.IntType(32)
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
                                         "llvm.prefetch.p0i8")
-    builder.call(fn, [builder.bitcast(pointer, i8p), i32(0), i32(3), i32(1)])
+    builder.call(fn, [builder.bitcast(pointer, i8p), i32(0), i32(2), i32(1)])
 
 
 def _prefetch_lines(context, builder, signature, xa, first, stop):
