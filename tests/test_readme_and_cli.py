@@ -34,6 +34,19 @@ def test_readme_code_runs(index, tmp_path, monkeypatch, capsys):
         assert f"hard accuracy {hard}, soft {soft}, leaves used {used} of {n}" in printed
 
 
+def test_relative_links_of_the_docs_resolve():
+    # README.md and docs/*.md link to each other, to images and to files of the repository by relative paths;
+    # each must name a file that exists (renaming a report must not leave links behind)
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            path = target.split("#", 1)[0]
+            if path and "://" not in path and not path.startswith("mailto:"):
+                if not (page.parent / path).exists():
+                    broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "fffcpu", *args], capture_output=True, text=True, timeout=300)
 
