@@ -1,5 +1,6 @@
 """The scikit-learn estimators: scikit-learn's own conformance checks, and what they do on real data."""
 
+import os
 import pickle
 import subprocess
 import sys
@@ -44,12 +45,32 @@ def _expected_failures(estimator):
     return {}
 
 
-@parametrize_with_checks(
-    [FFFClassifier(**FAST), FFFRegressor(**FAST), UltraFFFRegressor(**FAST), FFFClassifier(proba="soft", **FAST)],
-    expected_failed_checks=_expected_failures,
-)
+CHECKED = [FFFClassifier(**FAST), FFFRegressor(**FAST), UltraFFFRegressor(**FAST), FFFClassifier(proba="soft", **FAST)]
+
+
+@parametrize_with_checks(CHECKED, expected_failed_checks=_expected_failures)
 def test_sklearn_conventions(estimator, check):
     check(estimator)
+
+
+def test_sklearn_array_api_dispatch_leaves_results_unchanged():
+    # scikit-learn's check_array_api_input (fit and every method with array-API dispatch on and NumPy inputs; with
+    # check_values, the fitted attributes and outputs must equal those of a plain fit) only runs where
+    # SCIPY_ARRAY_API=1 was set before SciPy was imported, so in this process it skips; a fresh process with it set
+    # runs it for every estimator checked above
+    code = "\n".join([
+        "import numba",
+        "numba.set_num_threads(1)",
+        "from sklearn.utils.estimator_checks import check_array_api_input",
+        "from fffcpu.estimators import FFFClassifier, FFFRegressor, UltraFFFRegressor",
+        *(f"check_array_api_input({type(est).__name__!r}, {est!r}, array_namespace='numpy', "
+          "check_values=True)" for est in CHECKED),
+        "print('checked', " + str(len(CHECKED)) + ")",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "SCIPY_ARRAY_API": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["checked", str(len(CHECKED))]
 
 
 # --- classification on digits -------------------------------------------------------------------------------------
