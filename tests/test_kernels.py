@@ -1,5 +1,8 @@
 """The Numba hard-inference engine (fffcpu.engine, fffcpu.kernels) against the NumPy reference and tests/naive.py."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numba
@@ -201,6 +204,104 @@ def block_order(x, w1):
 def _dots_with_column(x, w):
     n = x.shape[1]
     return np.array([kernels._dot(x, s * n, w, 0, n) for s in range(x.shape[0])])
+
+
+def dot_order(a, b):
+    """``kernels._dot`` in NumPy, in its documented order: lane k of four 16-lane accumulators sums the i ≡ k
+    (mod 16) of successive 64-element blocks, the full 16-element vectors after the last block go to accumulators
+    0, 1, 2, the accumulators combine as (q0 + q1) + (q2 + q3), the lanes as a pairwise tree, and the last n mod 16
+    products are added one by one."""
+    n, lanes = len(a), kernels.LANES
+    acc = np.zeros((4, lanes), dtype=a.dtype)
+    n64, n16 = n // (4 * lanes) * 4 * lanes, n // lanes * lanes
+    for e in range(0, n16, lanes):
+        q = (e // lanes) % 4 if e < n64 else (e - n64) // lanes
+        acc[q] = acc[q] + a[e:e + lanes] * b[e:e + lanes]
+    v = (acc[0] + acc[1]) + (acc[2] + acc[3])
+    while len(v) > 1:
+        v = v[0::2] + v[1::2]
+    total = v[0]
+    for i in range(n16, n):
+        total = total + a[i] * b[i]
+    return total
+
+
+@numba.njit
+def _dot_pairs(x, w):
+    """``kernels._dot_pair`` on rows (s, s + 1) of x against rows (s, s + 1) of w."""
+    n = x.shape[1]
+    out = np.empty(x.shape[0], dtype=x.dtype)
+    for s in range(0, x.shape[0] - 1, 2):
+        out[s], out[s + 1] = kernels._dot_pair(x, s * n, s * n, (s + 1) * n, (s + 1) * n, w, n)
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [784, 130, 100, 64, 63, 37, 16, 5])
+def test_dot_products_sum_in_the_documented_order_wherever_the_rows_start(n, dtype):
+    # The rows of x start at every element offset within a cache line (a row that does not start on one is read
+    # as whole lines, shifted in registers, where the CPU has AVX-512): the bits of the documented order each time.
+    rng = np.random.default_rng(n)
+    w = rng.normal(size=(16, n)).astype(dtype)
+    values = rng.normal(size=(16, n)).astype(dtype)
+    expected = np.array([dot_order(values[s], w[s]) for s in range(16)])
+    size = np.dtype(dtype).itemsize
+    buffer = np.empty(16 * n + 2 * 64 // size, dtype=dtype)
+    first = (-buffer.ctypes.data % 64) // size  # the first element on a 64-byte boundary
+    for offset in range(64 // size):
+        x = buffer[first + offset:first + offset + 16 * n].reshape(16, n)
+        x[...] = values
+        np.testing.assert_array_equal(_dots_with_column_rows(x, w), expected, err_msg=f"offset {offset}")
+        np.testing.assert_array_equal(_dot_pairs(x, w), expected, err_msg=f"offset {offset}")
+
+
+@numba.njit
+def _dots_with_column_rows(x, w):
+    n = x.shape[1]
+    return np.array([kernels._dot(x, s * n, w, s * n, n) for s in range(x.shape[0])])
+
+
+def test_inputs_at_every_offset_route_and_predict_with_the_same_bits():
+    model = FFF(784, 16, 10, 9, dtype="float32", seed=0)
+    values = np.random.default_rng(0).normal(size=(300, 784)).astype(np.float32)
+    leaves, y = model.route(values), model.predict(values)
+    buffer = np.empty(values.size + 32, dtype=np.float32)
+    first = (-buffer.ctypes.data % 64) // 4
+    for offset in range(16):
+        x = buffer[first + offset:first + offset + values.size].reshape(values.shape)
+        x[...] = values
+        np.testing.assert_array_equal(model.route(x), leaves, err_msg=f"offset {offset}")
+        np.testing.assert_array_equal(model.predict(x), y, err_msg=f"offset {offset}")
+        np.testing.assert_array_equal(model.predict(x[:1]), y[:1], err_msg=f"offset {offset}")
+
+
+GENERIC_TARGET = """
+import sys
+import numpy as np
+import fffcpu
+from fffcpu.kernels import fff
+model = fffcpu.FFF(784, 16, 10, 6, dtype="float32", seed=0)
+x = np.load(sys.argv[1])
+np.save(sys.argv[2], model.predict(x))
+np.save(sys.argv[3], model.route(x))
+print(fff._SHIFTED_LINES)
+"""
+
+
+def test_a_generic_target_gives_the_same_bits(tmp_path):
+    # NUMBA_CPU_NAME=generic (a cache for any x86-64) compiles the kernels without AVX-512: the plain loads
+    # instead of the shifted lines, the same order of operations, so the same bits
+    model = FFF(784, 16, 10, 6, dtype="float32", seed=0)
+    x = np.random.default_rng(0).normal(size=(300, 784)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    result = subprocess.run([sys.executable, "-c", GENERIC_TARGET, str(tmp_path / "x.npy"), str(tmp_path / "y.npy"),
+                             str(tmp_path / "leaves.npy")], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["False"]  # the generic target has no AVX-512
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), model.predict(x))
+    np.testing.assert_array_equal(np.load(tmp_path / "leaves.npy"), model.route(x))
 
 
 #: Leaves of the samples in the order tests: leaf 0 gets a tile of 6 samples (a block of 4, then single samples),

@@ -61,6 +61,22 @@ _LINE = 64
 PREFETCH_LEAF_BYTES = 128 * 1024
 
 
+def _target_has_avx512() -> bool:
+    """Whether the code Numba generates may use AVX-512F: the host's features, or those of ``NUMBA_CPU_NAME`` /
+    ``NUMBA_CPU_FEATURES`` when they are set (a cache built for a generic target must not use it)."""
+    from llvmlite import binding
+    from numba.core import config
+
+    if config.CPU_NAME is not None:
+        return "+avx512f" in (config.CPU_FEATURES or "").split(",")
+    return bool(binding.get_host_cpu_features().get("avx512f"))
+
+
+#: The dot products read a row that does not start on a cache line as whole lines and shift them in registers
+#: (``_dots_codegen``); this needs AVX-512's two-source permute.
+_SHIFTED_LINES = _target_has_avx512()
+
+
 def _same_c_arrays(*arrays):
     return all(isinstance(a, types.Array) and a.layout == "C" and a.dtype == arrays[0].dtype for a in arrays)
 
@@ -501,9 +517,59 @@ def _dots_codegen(context, builder, aa, ba, offs, n_, dtype):
 
     block = ir.Constant(intp, 4 * LANES)
     n64 = builder.mul(builder.sdiv(n_, block), block)
-    with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n64, block, intp) as (i, _):
-        for q in range(4):
-            vstep(builder.add(i, ir.Constant(intp, q * LANES)), q)
+
+    def plain_blocks():
+        with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n64, block, intp) as (i, _):
+            for q in range(4):
+                vstep(builder.add(i, ir.Constant(intp, q * LANES)), q)
+
+    if _SHIFTED_LINES and dtype.bitwidth == 32:
+        # A row of a that starts `s` elements past a 64-byte boundary (NumPy puts large arrays 16 bytes past one)
+        # makes each of its 16-lane loads straddle two cache lines, two L1 accesses each. Instead, load the
+        # row's whole lines (5 per 64-element block) and take each vector from two neighbouring lines with a
+        # permute: the same values in the same lanes, so the same bits. Every line read holds an element of the
+        # row (no read can touch a page the row does not). Rows that start on a line take the plain loads.
+        i32 = ir.IntType(32)
+        ivty = ir.VectorType(i32, LANES)
+        addrs = [builder.ptrtoint(builder.gep(aa.data, [aoff]), intp) for aoff, _ in offs]
+        shifts = [builder.ashr(builder.and_(a, ir.Constant(intp, _LINE - 1)), ir.Constant(intp, 2)) for a in addrs]
+        shifted, odd = shifts[0], builder.and_(addrs[0], ir.Constant(intp, 3))
+        for v, a in zip(shifts[1:], addrs[1:]):
+            shifted = builder.or_(shifted, v)
+            odd = builder.or_(odd, builder.and_(a, ir.Constant(intp, 3)))
+        use_lines = builder.and_(builder.icmp_signed("!=", shifted, ir.Constant(intp, 0)),
+                                 builder.icmp_signed("==", odd, ir.Constant(intp, 0)))  # (rows of whole floats)
+        permute = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, ivty, vty]),
+                                                 "llvm.x86.avx512.vpermi2var.ps.512")
+        with builder.if_else(use_lines) as (lines_path, plain_path):
+            with lines_path:
+                # lane k of the vector at element e of a row shifted by s: element k + s of the line pair at e - s
+                starts = [builder.sub(aoff, v) for (aoff, _), v in zip(offs, shifts)]
+                picks = []
+                for v in shifts:
+                    splat = builder.insert_element(ir.Constant(ivty, ir.Undefined), builder.trunc(v, i32),
+                                                   ir.Constant(i32, 0))
+                    splat = builder.shuffle_vector(splat, ir.Constant(ivty, ir.Undefined),
+                                                   ir.Constant(ivty, [0] * LANES))
+                    picks.append(builder.add(splat, ir.Constant(ivty, list(range(LANES)))))
+
+                def line(start, off):
+                    return builder.load(builder.bitcast(builder.gep(aa.data, [builder.add(start, off)]),
+                                                        vty.as_pointer()), align=_LINE)
+
+                with cgutils.for_range_slice(builder, ir.Constant(intp, 0), n64, block, intp) as (i, _):
+                    lines = [[line(start, builder.add(i, ir.Constant(intp, k * LANES))) for k in range(5)]
+                             for start in starts]
+                    for q in range(4):
+                        iq = builder.add(i, ir.Constant(intp, q * LANES))
+                        for t, (_, boff) in enumerate(offs):
+                            av = builder.call(permute, [lines[t][q], picks[t], lines[t][q + 1]])
+                            bv = vload(ba, builder.add(boff, iq))
+                            builder.store(builder.fadd(builder.load(accs[t][q]), builder.fmul(av, bv)), accs[t][q])
+            with plain_path:
+                plain_blocks()
+    else:
+        plain_blocks()
     # the last full 16-lane vectors of a partial block go to accumulators 0, 1, 2 in turn
     lanes_c = ir.Constant(intp, LANES)
     n16 = builder.mul(builder.sdiv(n_, lanes_c), lanes_c)
