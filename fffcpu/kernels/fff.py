@@ -18,7 +18,9 @@ dispatcher picks and however samples are grouped or split across threads:
 * an output is ``(Σ_j h_j w2[j, k]) + b2[k]`` accumulated in increasing ``j``.
 
 No ``fastmath`` anywhere: routing ties must match the reference, and contraction into FMA would make the
-bits depend on the inlining context.
+bits depend on the inlining context. How a vector is loaded changes no bit: a row of x that starts off a cache
+line is read as whole lines and shifted in registers where the target has AVX-512 (``_dots_codegen``), with
+plain loads elsewhere, and both give the same vectors.
 """
 
 from __future__ import annotations
