@@ -530,17 +530,18 @@ def _dots_codegen(context, builder, aa, ba, offs, n_, dtype):
         # makes each of its 16-lane loads straddle two cache lines, two L1 accesses each. Instead, load the
         # row's whole lines (5 per 64-element block) and take each vector from two neighbouring lines with a
         # permute: the same values in the same lanes, so the same bits. Every line read holds an element of the
-        # row (no read can touch a page the row does not). Rows that start on a line take the plain loads.
+        # row (no read can touch a page the row does not). When a row starts on a line, all take the plain loads.
         i32 = ir.IntType(32)
         ivty = ir.VectorType(i32, LANES)
         addrs = [builder.ptrtoint(builder.gep(aa.data, [aoff]), intp) for aoff, _ in offs]
         shifts = [builder.ashr(builder.and_(a, ir.Constant(intp, _LINE - 1)), ir.Constant(intp, 2)) for a in addrs]
-        shifted, odd = shifts[0], builder.and_(addrs[0], ir.Constant(intp, 3))
-        for v, a in zip(shifts[1:], addrs[1:]):
-            shifted = builder.or_(shifted, v)
-            odd = builder.or_(odd, builder.and_(a, ir.Constant(intp, 3)))
-        use_lines = builder.and_(builder.icmp_signed("!=", shifted, ir.Constant(intp, 0)),
-                                 builder.icmp_signed("==", odd, ir.Constant(intp, 0)))  # (rows of whole floats)
+        # every row shifted (a row on a line boundary could have its last line wholly past its end) and made of
+        # whole floats
+        use_lines = ir.Constant(ir.IntType(1), 1)
+        for v, a in zip(shifts, addrs):
+            use_lines = builder.and_(use_lines, builder.icmp_signed("!=", v, ir.Constant(intp, 0)))
+            use_lines = builder.and_(use_lines, builder.icmp_signed(
+                "==", builder.and_(a, ir.Constant(intp, 3)), ir.Constant(intp, 0)))
         permute = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, ivty, vty]),
                                                  "llvm.x86.avx512.vpermi2var.ps.512")
         with builder.if_else(use_lines) as (lines_path, plain_path):
