@@ -366,7 +366,6 @@ def _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads):
 
 
 
-
 def _param_arrays(params: dict, depth: int | None = None, input_width: int | None = None):
     """The six parameter arrays, after checking that they form one FFF (of ``depth`` and ``input_width`` when
     given): the kernels index them by these shapes and would read out of bounds otherwise. (The batch-1 path,
