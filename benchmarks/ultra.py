@@ -62,6 +62,12 @@ def median_time(fn, *, min_seconds=0.3, max_repeats=200, min_repeats=3):
     return float(np.median(times))
 
 
+#: Functions whose call takes less than this make untimed calls after each pause before they are timed
+#: (``interleaved_times``): a stall of the first parallel call after the pause, up to about 15 ms, would be more
+#: than a few percent of their time. Slower ones (the dense-masked training steps, 0.4-0.7 s) are timed at once.
+WARM_BELOW_S = 0.1
+
+
 def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, timing_seconds=2e-3, settle=None):
     """Median time per call of each of ``fns`` (name -> callable), measured in rounds that call every function
     in turn, so that a change of the machine's load hits all of them alike. A function faster than
@@ -69,12 +75,16 @@ def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, tim
     resolution and the loop's overhead).
     After each timing the process sleeps ``settle`` seconds (default ``common.SETTLE_S``; not counted), so that
     the idle OpenBLAS threads or OpenMP workers of the previous function have stopped spinning before the next
-    function runs; a function whose timing spans several calls then makes untimed calls for ``common.WARM_S``
-    before it is timed."""
+    function runs; a function whose call takes less than ``WARM_BELOW_S`` then makes untimed calls for
+    ``common.WARM_S`` (at least one) before it is timed. The first parallel call after such a pause can stall
+    for milliseconds (the README's "Hard inference"), which a timing of one call of a few milliseconds would
+    take for the function's own time: UltraFFF's training step, 14 ms back to back, took 14.0-21.8 ms when it
+    was the first call after the pause (a third of 30 calls over 17 ms) and 13.4-20.4 ms as the second (one
+    in 30)."""
     from .common import SETTLE_S, warm
 
     settle = SETTLE_S if settle is None else settle
-    inner = {}
+    inner, short = {}, {}
     for name, fn in fns.items():
         fn()
         probe = []
@@ -83,13 +93,14 @@ def interleaved_times(fns, *, min_seconds=0.5, min_rounds=5, max_rounds=400, tim
             fn()
             probe.append(time.perf_counter() - t0)
         inner[name] = max(1, min(1000, int(timing_seconds / max(min(probe), 1e-9))))
+        short[name] = min(probe) < WARM_BELOW_S
     times = {name: [] for name in fns}
     started = time.perf_counter()
     rounds = 0
     while rounds < min_rounds or (time.perf_counter() - started < min_seconds and rounds < max_rounds):
         for name, fn in fns.items():
             k = inner[name]
-            if settle and k > 1:  # calls shorter than the timing: untimed calls first (common.WARM_S)
+            if settle and short[name]:  # untimed calls first (common.WARM_S): a stall would be a large share
                 warm(lambda _: fn(), 0)
             t0 = time.perf_counter()
             for _ in range(k):

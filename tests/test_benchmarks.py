@@ -3,6 +3,7 @@ No timing assertions (timings depend on the machine and its load)."""
 
 import os
 import shutil
+import time
 import sys
 
 import numpy as np
@@ -246,3 +247,29 @@ def test_reports_name_the_source_and_the_blas_kernel():
         assert "not a git checkout" in revision
     assert machine_info()["fffcpu source"] == revision
     assert "kernel" in blas_summary() or blas_summary() == "no BLAS found by threadpoolctl"
+
+
+def test_interleaved_times_warms_short_calls_after_each_pause():
+    """A call that stalls when it is the first after an idle pause (as the first parallel call of Numba's OpenMP
+    workers can) is timed by its warm calls; a call slower than ``WARM_BELOW_S`` is timed at once, without
+    untimed calls."""
+    from benchmarks import ultra
+
+    last = [0.0]
+    calls = {"stalls": 0, "slow": 0}
+
+    def stalls():
+        calls["stalls"] += 1
+        now = time.perf_counter()
+        time.sleep(0.002 + (0.03 if now - last[0] > 0.05 else 0.0))  # 32 ms after a pause, else 2 ms
+        last[0] = time.perf_counter()
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(ultra.WARM_BELOW_S * 1.2)
+
+    times = ultra.interleaved_times({"stalls": stalls, "slow": slow}, min_seconds=0.0, min_rounds=3, settle=0.08)
+    assert times["stalls"] < 0.015  # every timing would be 32 ms without the warm calls
+    assert times["slow"] >= ultra.WARM_BELOW_S
+    assert calls["slow"] == 4 + 3  # the warm-up and probe calls, then one timed call per round
+    assert calls["stalls"] > 4 + 3
