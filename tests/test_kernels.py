@@ -261,6 +261,27 @@ def _dots_with_column_rows(x, w):
     return np.array([kernels._dot(x, s * n, w, s * n, n) for s in range(x.shape[0])])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("depth", [kernels.DEEP_LEVEL - 1, kernels.DEEP_LEVEL, kernels.DEEP_LEVEL + 1,
+                                   kernels.DEEP_LEVEL + 3])
+def test_routing_in_blocks_gives_the_bits_of_one_sample_at_a_time(depth, dtype):
+    # Levels from DEEP_LEVEL on are routed level by level over blocks of samples: every batch size (blocks of
+    # uneven sizes, a last sample alone, fewer pairs than ROUTE_MIN_BLOCKS) and input width (rows of x and of the
+    # node weights that start off a cache line) gives the leaves of _route_one, serial and parallel.
+    rng = np.random.default_rng(depth)
+    for n_in in (16, 37, 784):
+        node_weights = rng.normal(size=(2**depth - 1, n_in)).astype(dtype)
+        node_biases = (rng.normal(size=2**depth - 1) * 0.1).astype(dtype)
+        for n in (1, 2, 3, 2 * kernels.ROUTE_BLOCK, 2 * kernels.ROUTE_BLOCK + 1, 7 * kernels.ROUTE_BLOCK + 6, 1001):
+            x = rng.normal(size=(n, n_in)).astype(dtype)
+            expected = np.array([kernels._route_one(x, s, node_weights, node_biases, depth) for s in range(n)])
+            for route in (kernels._route_serial, kernels._route_parallel):
+                leaves = np.full(n, -7, dtype=np.int64)
+                route(x, node_weights, node_biases, depth, leaves)
+                np.testing.assert_array_equal(leaves, expected, err_msg=f"{route.__name__}, n_in {n_in}, n {n}")
+            assert len(np.unique(expected)) > min(n, 2**depth) // 4  # the samples spread over the tree
+
+
 def test_inputs_at_every_offset_route_and_predict_with_the_same_bits():
     model = FFF(784, 16, 10, 9, dtype="float32", seed=0)
     values = np.random.default_rng(0).normal(size=(300, 784)).astype(np.float32)
