@@ -23,6 +23,11 @@ them).
   leaves' W1 run one after the other, interleaved on each core (a leaf read, then that leaf's share of the routing),
   or side by side (one thread routes every sample while the other reads every leaf): whether routing can hide
   under the memory traffic of the leaves.
+* The leaf stream and its arithmetic: at depth 12, leaf 16, batch 4096 (2 threads), the tiles of the grouped leaf
+  evaluation (samples already sorted by leaf) with a new input batch per call, the same tiles with each thread's
+  input rows taken from 8 rows per run of tiles that stay in its L2 (the same leaves, tiles and multiply-adds, no
+  input traffic), and a bare read of the reached leaves' weights: how far the evaluation is from the read of its
+  leaves, and how much of the difference its input rows make.
 
 Run as part of ``python -m benchmarks`` or alone with ``python -m benchmarks.probes [--quick]``.
 """
@@ -48,7 +53,7 @@ from .common import (
     settle,
     table,
 )
-from .inference import _row_sums
+from .inference import _row_sums, read_leaves
 
 INPUT_WIDTH = 784
 
@@ -247,6 +252,58 @@ def leaf_footprint(depth=9, batch=4096, threads=THREADS, budget=1.0):
     return {k: v[0] for k, v in timed.items()}
 
 
+def _hot_order(order, starts, n_chunks, rows=8):
+    """``order`` with the samples of each run of tiles (as ``_eval_tiles_parallel`` splits them over ``n_chunks``)
+    sent to ``rows`` rows of their own, so that a run reads and writes the same few rows over and over (they stay in
+    the core's caches) and no two runs share a row."""
+    n_tiles = starts.shape[0] - 1
+    hot = np.empty_like(order)
+    for c in range(n_chunks):
+        lo, hi = starts[c * n_tiles // n_chunks], starts[(c + 1) * n_tiles // n_chunks]
+        hot[lo:hi] = c * rows + np.arange(hi - lo) % rows
+    return hot
+
+
+def leaf_stream(depth=12, batch=4096, threads=THREADS, budget=1.0):
+    """Median times (s) of the grouped evaluation's tiles (``_eval_tiles_parallel``, the samples sorted by leaf
+    beforehand) with a new input batch per call ("tiles"), the same tiles with every run's input rows in cache
+    (``_hot_order``: the same leaves, tiles and arithmetic) and a bare read of the reached leaves' weights
+    (``read_leaves``); "leaf bytes": the mean bytes of weights those leaves hold."""
+    model, pool, routed = _model_and_batches(depth, batch, threads, seed=7)
+    p = model.params
+    w = (p["w1s"], p["b1s"], p["w2s"], p["b2s"])
+    n_chunks = []
+    plans = []
+    for leaves in routed:
+        order = kernels._leaf_order(leaves, model.n_leaves)
+        starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+        chunks = max(1, min(len(tile_leaf), 4 * threads))  # as _eval_grouped
+        n_chunks.append(chunks)
+        plans.append((order, _hot_order(order, starts, chunks), starts, tile_leaf, np.unique(leaves)))
+    outs = [np.empty((batch, model.output_width), dtype=np.float32) for _ in pool]
+    P = len(pool)
+
+    def tiles(hot, k):
+        order, hot_order, starts, tile_leaf, _ = plans[k % P]
+        kernels._eval_tiles_parallel(pool[k % P], hot_order if hot else order, starts, tile_leaf, *w, 1,
+                                     outs[k % P], n_chunks[k % P])
+
+    fns = {"tiles": functools.partial(tiles, False), "tiles, input rows in cache": functools.partial(tiles, True),
+           "bare read": lambda k: read_leaves(*w, plans[k % P][4], threads)}
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        tiles(False, 0)
+        expected = engine.leaf_outputs(pool[0], routed[0], p, "relu", n_jobs=threads)
+        if not np.array_equal(outs[0], expected):
+            raise AssertionError("leaf_stream: the tiles gave other outputs than engine.leaf_outputs")
+        timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
+    finally:
+        numba.set_num_threads(saved)
+    leaf_bytes = sum(a[0].nbytes for a in w) * np.mean([len(plan[4]) for plan in plans])
+    return {**{k: v[0] for k, v in timed.items()}, "leaf bytes": leaf_bytes}
+
+
 def cache_reuse(sizes_mib, threads=THREADS, budget=1.0):
     """Read rate (bytes/s) of an array of each size in MiB summed over and over (``_row_sums``, 16-lane loads over
     ``threads`` Numba threads): the rate of the caches while the array stays in them, falling to the memory's rate as
@@ -320,6 +377,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
     overlap_depth = 9 if quick else 12
     after = routing_after_leaves(overlap_depth, batch=batch, threads=threads, rounds=10 if quick else 100)
     overlap = routing_overlap(overlap_depth, batch=batch, threads=threads, budget=budget) if threads >= 2 else None
+    stream = leaf_stream(overlap_depth, batch=batch, threads=threads, budget=budget)
     ms = 1e3
     body = [
         ["sum of 3136 float32 in L1 (196 16-lane loads), one thread", f"{loads[0] * 1e9:.1f} ns",
@@ -395,11 +453,25 @@ def run(quick=False, *, threads=THREADS) -> Section:
             "",
             table(["run", "time", "vs route, then read"], _ratio_rows(overlap, base)),
         ]
+    read = stream["bare read"]
+    md += [
+        "",
+        (f"The leaf stream and its arithmetic, depth {overlap_depth}, leaf 16, batch {batch}, {threads} threads: the "
+         "tiles of the grouped leaf evaluation (samples sorted by leaf beforehand) with a new input batch per call; "
+         "the same tiles with each run of tiles reading its input rows from 8 rows of its own, which stay in the "
+         "core's caches (the same leaves, tiles and multiply-adds, no input traffic); a bare read of the weights of "
+         f"the leaves the batch reaches ({stream['leaf bytes'] / 2**20:.1f} MiB), in the same order and threads."),
+        "",
+        table(["run", "time", "leaf weights per second", "vs the bare read"], [
+            [name, f"{stream[name] * ms:.3f} ms", f"{stream['leaf bytes'] / stream[name] / 1e9:.1f} GB/s",
+             f"{stream[name] / read:.2f}"] for name in ("tiles", "tiles, input rows in cache", "bare read")]),
+    ]
     return Section("Engine probes: loads, alignment, input traffic, node-row bytes, leaf weights and the L3, data the "
-                   "caches keep, routing after and under the leaf stream",
+                   "caches keep, routing after and under the leaf stream, the leaf stream and its arithmetic",
                    "\n".join(md),
                    figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes,
-                            "footprint": footprint, "reuse": reuse, "after": after, "overlap": overlap})
+                            "footprint": footprint, "reuse": reuse, "after": after, "overlap": overlap,
+                            "stream": stream})
 
 
 def main(argv=None):

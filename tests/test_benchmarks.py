@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import __main__ as runner  # noqa: E402
 from benchmarks import blas_kernel, inference, probes  # noqa: E402
 from benchmarks.common import have_torch  # noqa: E402
+from fffcpu.kernels import fff as kernels  # noqa: E402
 
 
 def test_inference_quick_grid_has_rows_and_checks():
@@ -170,6 +171,19 @@ def test_engine_probes_quick_run_renders_every_table():
     assert set(f["overlap"]) == {"route", "read", "route, then read", "interleaved on each core",
                                  "side by side (one thread routes)"}
     assert all(t > 0 for t in f["overlap"].values()) and "| interleaved on each core |" in section.markdown
+    assert set(f["stream"]) == {"tiles", "tiles, input rows in cache", "bare read", "leaf bytes"}
+    assert all(v > 0 for v in f["stream"].values()) and "| tiles, input rows in cache |" in section.markdown
+
+
+def test_hot_order_gives_each_run_of_tiles_rows_of_its_own():
+    leaves = np.random.default_rng(1).integers(0, 16, 200)
+    order = kernels._leaf_order(leaves, 16)
+    starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
+    n_chunks, n_tiles = 4, len(tile_leaf)
+    hot = probes._hot_order(order, starts, n_chunks)
+    for c in range(n_chunks):
+        lo, hi = starts[c * n_tiles // n_chunks], starts[(c + 1) * n_tiles // n_chunks]
+        assert set(hot[lo:hi]) == set(range(8 * c, 8 * c + min(8, hi - lo)))
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2, 3])
