@@ -277,7 +277,7 @@ def leaf_stream(depth=12, batch=4096, threads=THREADS, budget=1.0):
     for leaves in routed:
         order = kernels._leaf_order(leaves, model.n_leaves)
         starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
-        chunks = max(1, min(len(tile_leaf), 4 * threads))  # as _eval_grouped
+        chunks = engine._chunks(len(tile_leaf), threads)  # the runs of tiles _eval_grouped makes
         n_chunks.append(chunks)
         plans.append((order, _hot_order(order, starts, chunks), starts, tile_leaf, np.unique(leaves)))
     outs = [np.empty((batch, model.output_width), dtype=np.float32) for _ in pool]
