@@ -18,7 +18,8 @@ them).
   machine).
 * Routing after the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing a new batch right after
   routing another one (the node rows are still in the caches) or right after another batch's leaf evaluation (as in
-  back-to-back predict calls, where the leaf weights stream through the caches between two routings).
+  back-to-back predict calls, where the leaf weights stream through the caches between two routings), and the
+  first 9 levels alone after a leaf evaluation: what the deep levels add.
 * Routing under the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing and a bare read of the reached
   leaves' W1 run one after the other, interleaved on each core (a leaf read, then that leaf's share of the routing),
   or side by side (one thread routes every sample while the other reads every leaf): whether routing can hide
@@ -326,25 +327,35 @@ def _sum_rows(rows, ones, threads, k):
 
 def routing_after_leaves(depth=12, batch=4096, threads=THREADS, rounds=100):
     """Median times (s) of routing a new input batch (``engine.route``) right after routing another batch ("after
-    routing") and right after the leaf evaluation of another batch ("after a leaf evaluation"), the two arrangements
-    taking turns; the inputs come from a pool of five batches, larger than the L3, in both."""
+    routing") and right after the leaf evaluation of another batch ("after a leaf evaluation"), the arrangements
+    taking turns; the inputs come from a pool of five batches, larger than the L3, in all. In trees deeper than
+    ``kernels.DEEP_LEVEL`` levels, also the routing of the first ``DEEP_LEVEL`` levels alone (the same node rows of
+    the same model, a tree cut there) after a leaf evaluation: what the deep levels add."""
     model, pool, leaves = _model_and_batches(depth, batch, threads, seed=6)
     p = model.params
     P = len(pool)
+    top = kernels.DEEP_LEVEL
+    cut = (1 << top) - 1
 
-    def route(k):
-        return engine.route(pool[k % P], p["node_weights"], p["node_biases"], depth, n_jobs=threads)
+    def route(k, d=depth, weights=p["node_weights"], biases=p["node_biases"]):
+        return engine.route(pool[k % P], weights, biases, d, n_jobs=threads)
 
-    before = {"after routing": route,
-              "after a leaf evaluation": lambda k: engine.leaf_outputs(pool[k % P], leaves[k % P], p, "relu",
-                                                                       n_jobs=threads)}
-    times = {name: [] for name in before}
+    def leaf_evaluation(k):
+        return engine.leaf_outputs(pool[k % P], leaves[k % P], p, "relu", n_jobs=threads)
+
+    arrangements = {"after routing": (route, route), "after a leaf evaluation": (leaf_evaluation, route)}
+    if depth > top:
+        top_only = functools.partial(route, d=top, weights=p["node_weights"][:cut], biases=p["node_biases"][:cut])
+        if not np.array_equal(top_only(0), leaves[0] >> (depth - top)):
+            raise AssertionError("routing_after_leaves: the cut tree routes otherwise than the whole tree's top")
+        arrangements[f"the first {top} levels alone, after a leaf evaluation"] = (leaf_evaluation, top_only)
+    times = {name: [] for name in arrangements}
     settle()
     for k in range(rounds):
-        for name, fn in before.items():
-            fn(2 * k)
+        for name, (before, timed) in arrangements.items():
+            before(2 * k)
             t = perf_counter()
-            route(2 * k + 1)
+            timed(2 * k + 1)
             times[name].append(perf_counter() - t)
     return {name: float(np.median(v[1:])) for name, v in times.items()}
 
@@ -436,7 +447,9 @@ def run(quick=False, *, threads=THREADS) -> Section:
         (f"Routing after the leaf stream, depth {overlap_depth}, leaf 16, batch {batch}, {threads} threads, a new "
          "input batch per routing: right after routing another batch (the node rows are still in the caches) or "
          "right after another batch's leaf evaluation, as in back-to-back predict calls (the leaf weights stream "
-         "through the caches in between). Median of the routing alone."),
+         f"through the caches in between). Median of the routing alone. In trees deeper than {kernels.DEEP_LEVEL} "
+         f"levels, also the first {kernels.DEEP_LEVEL} levels alone (the same model's node rows, its tree cut there), "
+         "after a leaf evaluation: the rest of the routing is the deep levels' cost."),
         "",
         table(["routing", "time", "ratio"], _ratio_rows(after, after["after routing"])),
     ]

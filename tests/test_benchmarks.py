@@ -153,6 +153,14 @@ def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
     assert status == "missed" and "out of reach" not in measured
 
 
+def test_routing_after_leaves_times_the_first_levels_alone_in_deep_trees():
+    top = probes.kernels.DEEP_LEVEL
+    times = probes.routing_after_leaves(depth=top + 1, batch=64, threads=2, rounds=3)
+    assert set(times) == {"after routing", "after a leaf evaluation",
+                          f"the first {top} levels alone, after a leaf evaluation"}
+    assert all(t > 0 for t in times.values())
+
+
 def test_engine_probes_quick_run_renders_every_table():
     section = probes.run(quick=True)
     f = section.figures
