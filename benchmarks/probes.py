@@ -253,12 +253,12 @@ def leaf_footprint(depth=9, batch=4096, threads=THREADS, budget=1.0):
     return {k: v[0] for k, v in timed.items()}
 
 
-def _hot_order(order, starts, n_chunks, rows=8):
-    """``order`` with the samples of each run of tiles (as ``_eval_tiles_parallel`` splits them over ``n_chunks``)
-    sent to ``rows`` rows of their own, so that a run reads and writes the same few rows over and over (they stay in
-    the core's caches) and no two runs share a row."""
+def _hot_order(starts, n_chunks, rows=8):
+    """A sample order for the tiles ``starts`` in which the samples of each run of tiles (as ``_eval_tiles_parallel``
+    splits them over ``n_chunks``) are sent to ``rows`` rows of their own, so that a run reads and writes the same few
+    rows over and over (they stay in the core's caches) and no two runs share a row."""
     n_tiles = starts.shape[0] - 1
-    hot = np.empty_like(order)
+    hot = np.empty(starts[-1], dtype=np.int64)
     for c in range(n_chunks):
         lo, hi = starts[c * n_tiles // n_chunks], starts[(c + 1) * n_tiles // n_chunks]
         hot[lo:hi] = c * rows + np.arange(hi - lo) % rows
@@ -273,24 +273,22 @@ def leaf_stream(depth=12, batch=4096, threads=THREADS, budget=1.0):
     model, pool, routed = _model_and_batches(depth, batch, threads, seed=7)
     p = model.params
     w = (p["w1s"], p["b1s"], p["w2s"], p["b2s"])
-    n_chunks = []
     plans = []
     for leaves in routed:
         order = kernels._leaf_order(leaves, model.n_leaves)
         starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
         chunks = engine._chunks(len(tile_leaf), threads)  # the runs of tiles _eval_grouped makes
-        n_chunks.append(chunks)
-        plans.append((order, _hot_order(order, starts, chunks), starts, tile_leaf, np.unique(leaves)))
+        plans.append((order, _hot_order(starts, chunks), starts, tile_leaf, chunks, np.unique(leaves)))
     outs = [np.empty((batch, model.output_width), dtype=np.float32) for _ in pool]
     P = len(pool)
 
     def tiles(hot, k):
-        order, hot_order, starts, tile_leaf, _ = plans[k % P]
+        order, hot_order, starts, tile_leaf, chunks, _ = plans[k % P]
         kernels._eval_tiles_parallel(pool[k % P], hot_order if hot else order, starts, tile_leaf, *w, 1,
-                                     outs[k % P], n_chunks[k % P])
+                                     outs[k % P], chunks)
 
     fns = {"tiles": functools.partial(tiles, False), "tiles, input rows in cache": functools.partial(tiles, True),
-           "bare read": lambda k: read_leaves(*w, plans[k % P][4], threads)}
+           "bare read": lambda k: read_leaves(*w, plans[k % P][-1], threads)}
     saved = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -301,7 +299,7 @@ def leaf_stream(depth=12, batch=4096, threads=THREADS, budget=1.0):
         timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
     finally:
         numba.set_num_threads(saved)
-    leaf_bytes = sum(a[0].nbytes for a in w) * np.mean([len(plan[4]) for plan in plans])
+    leaf_bytes = sum(a[0].nbytes for a in w) * np.mean([len(plan[-1]) for plan in plans])
     return {**{k: v[0] for k, v in timed.items()}, "leaf bytes": leaf_bytes}
 
 

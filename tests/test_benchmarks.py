@@ -154,7 +154,7 @@ def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
 
 
 def test_routing_after_leaves_times_the_first_levels_alone_in_deep_trees():
-    top = probes.kernels.DEEP_LEVEL
+    top = kernels.DEEP_LEVEL
     times = probes.routing_after_leaves(depth=top + 1, batch=64, threads=2, rounds=3)
     assert set(times) == {"after routing", "after a leaf evaluation",
                           f"the first {top} levels alone, after a leaf evaluation"}
@@ -188,7 +188,7 @@ def test_hot_order_gives_each_run_of_tiles_rows_of_its_own():
     order = kernels._leaf_order(leaves, 16)
     starts, tile_leaf = kernels._make_tiles(leaves, order, kernels.TILE)
     n_chunks, n_tiles = 4, len(tile_leaf)
-    hot = probes._hot_order(order, starts, n_chunks)
+    hot = probes._hot_order(starts, n_chunks)
     for c in range(n_chunks):
         lo, hi = starts[c * n_tiles // n_chunks], starts[(c + 1) * n_tiles // n_chunks]
         assert set(hot[lo:hi]) == set(range(8 * c, 8 * c + min(8, hi - lo)))
