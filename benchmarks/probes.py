@@ -16,6 +16,10 @@ them).
 * Data the caches keep: one array of 4 to 96 MiB summed over and over (2 threads, 16-lane loads): the read rate
   shows how much of the 32 MiB L3 a process can count on finding again (the L3 is shared with the rest of the
   machine).
+* Routing step by step: at depth 9, the time per node dot product and core of two dot products per loop on rows in
+  cache (input rows aligned or not), then with the walk's dependency between levels, the engine's pair walk, and
+  batches of 4096 (2 threads) sent down one path (node rows in cache) with the same or a new input batch per call,
+  and routed by the model: what each step adds to the routing of a batch.
 * Routing after the leaf stream: at depth 12, leaf 16, batch 4096 (2 threads), routing a new batch right after
   routing another one (the node rows are still in the caches) or right after another batch's leaf evaluation (as in
   back-to-back predict calls, where the leaf weights stream through the caches between two routings), and the
@@ -207,6 +211,93 @@ def node_row_bytes(depths=(9, 12), batch=4096, threads=THREADS, budget=1.0):
     return {k: v[0] for k, v in timed.items()}
 
 
+@numba.njit(cache=True, nogil=True)
+def _walk_fixed(x, node_weights, paths, repeats):
+    """Rows 0 and 1 of ``x`` against the node rows ``paths[0]`` and ``paths[1]`` (one pair of dot products per
+    level, as the pair walk computes them), each level independent of the logits before. Returns their sum."""
+    n = x.shape[1]
+    total = 0.0
+    for _ in range(repeats):
+        for level in range(paths.shape[1]):
+            z0, z1 = kernels._dot_pair(x, 0, paths[0, level] * n, n, paths[1, level] * n, node_weights, n)
+            total += z0 + z1
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_dependent(x, node_weights, node_biases, depth, leaves, repeats):
+    """Rows 0 and 1 of ``x`` walked down the tree in lockstep, each level's node given by the logits before, with the
+    pair walk's dot products but none of its prefetches; the leaves reached go to ``leaves[:2]``."""
+    n = x.shape[1]
+    for _ in range(repeats):
+        node0 = 0
+        node1 = 0
+        for _level in range(depth):
+            z0, z1 = kernels._dot_pair(x, 0, node0 * n, n, node1 * n, node_weights, n)
+            node0 = 2 * node0 + 1 + (1 if z0 + node_biases[node0] >= 0 else 0)
+            node1 = 2 * node1 + 1 + (1 if z1 + node_biases[node1] >= 0 else 0)
+        leaves[0] = node0 - ((1 << depth) - 1)
+        leaves[1] = node1 - ((1 << depth) - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _walk_engine(x, node_weights, node_biases, depth, leaves, repeats):
+    for _ in range(repeats):
+        kernels._route_pair(x, 0, 1, node_weights, node_biases, depth, leaves)
+
+
+def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=20_000):
+    """Time per node dot product (s, per core) of routing, from the pair's dot products alone up to routing a batch:
+    two dot products per loop on rows in cache, each level independent of the one before (input rows 16 bytes past
+    a 64-byte boundary, where NumPy puts them, or aligned to one); the same with each level's
+    rows given by the logits before; the engine's pair walk (``_route_pair``) on the same two samples; batches routed
+    with every node sending its samples left (node rows in cache), the same batch at every call or a new one; batches
+    routed by the model (paths spread over the tree), a new one per call."""
+    model, pool, _ = _model_and_batches(depth, batch, threads, seed=7)
+    nw = model.params["node_weights"]
+    nb = model.params["node_biases"]
+    levels = np.arange(depth)
+    paths = np.stack([(1 << levels) - 1, (2 << levels) - 2]).astype(np.int64)  # the leftmost and rightmost paths
+    # two input rows that the root sends apart; every node below sends its sample on down its side
+    x = aligned_array(2 * INPUT_WIDTH, np.float32, 16, np.random.default_rng(8)).reshape(2, INPUT_WIDTH)
+    root = float(x[0].astype(np.float64) @ nw[0].astype(np.float64))
+    x[0] *= -np.sign(root) if root else 1.0
+    x[1] = -x[0]
+    sides = np.where(np.arange(len(nb)) % 2 == 1, -np.inf, np.inf).astype(nb.dtype)  # odd nodes: left children
+    sides[0] = 0
+    left = np.full_like(nb, -np.inf)  # every sample goes left at every node
+    leaves = np.empty(2, dtype=np.int64)
+    _walk_dependent(x, nw, sides, depth, leaves, 1)
+    if leaves[0] != 0 or leaves[1] != (1 << depth) - 1:
+        raise AssertionError(f"routing_steps: the two rows reached leaves {leaves.tolist()}, not the outermost ones")
+    _walk_engine(x, nw, sides, depth, leaves, 1)
+    if leaves[0] != 0 or leaves[1] != (1 << depth) - 1:
+        raise AssertionError(f"routing_steps: the pair walk reached leaves {leaves.tolist()}")
+    pair = 2 * depth
+    aligned = aligned_array(2 * INPUT_WIDTH, np.float32, 0, np.random.default_rng(9)).reshape(2, INPUT_WIDTH)
+    aligned[:] = x
+    out = {
+        "fixed rows, aligned": _best_per_call(functools.partial(_walk_fixed, aligned, nw, paths), repeats) / pair,
+        "fixed rows": _best_per_call(functools.partial(_walk_fixed, x, nw, paths), repeats) / pair,
+        "dependent": _best_per_call(functools.partial(_walk_dependent, x, nw, sides, depth, leaves), repeats) / pair,
+        "pair walk": _best_per_call(functools.partial(_walk_engine, x, nw, sides, depth, leaves), repeats) / pair,
+    }
+    P = len(pool)
+
+    def route(biases, same, k):
+        return engine.route(pool[0 if same else k % P], nw, biases, depth, n_jobs=threads)
+
+    if engine.route(pool[0], nw, left, depth, n_jobs=threads).any():
+        raise AssertionError("routing_steps: a sample left the leftmost path")
+    fns = {"left, same batch": functools.partial(route, left, True),
+           "left, new batch": functools.partial(route, left, False),
+           "model, new batch": functools.partial(route, nb, False)}
+    timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
+    per_dot = threads / (batch * depth)
+    out.update({k: v[0] * per_dot for k, v in timed.items()})
+    return out
+
+
 def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
     """Median times (s) of routing alone, the bare read of the reached leaves' W1 alone, the two one after the
     other, interleaved on each core, and side by side on different cores (``_overlap``); new inputs at every call."""
@@ -383,6 +474,8 @@ def run(quick=False, *, threads=THREADS) -> Section:
     footprint = leaf_footprint(footprint_depth, batch=batch, threads=threads, budget=budget)
     reuse_sizes = (4, 48) if quick else (4, 8, 12, 16, 20, 24, 32, 48, 96)
     reuse = cache_reuse(reuse_sizes, threads=threads, budget=budget)
+    steps_depth = 6 if quick else 9
+    steps = routing_steps(steps_depth, batch=batch, threads=threads, budget=budget, repeats=200 if quick else 20_000)
     overlap_depth = 9 if quick else 12
     after = routing_after_leaves(overlap_depth, batch=batch, threads=threads, rounds=10 if quick else 100)
     overlap = routing_overlap(overlap_depth, batch=batch, threads=threads, budget=budget) if threads >= 2 else None
@@ -415,6 +508,29 @@ def run(quick=False, *, threads=THREADS) -> Section:
         table(["depth", "784 inputs", "392 inputs", "ratio"], [
             [d, f"{rows_bytes[(d, INPUT_WIDTH)] * ms:.3f} ms", f"{rows_bytes[(d, INPUT_WIDTH // 2)] * ms:.3f} ms",
              f"{rows_bytes[(d, INPUT_WIDTH)] / rows_bytes[(d, INPUT_WIDTH // 2)]:.2f}"] for d in depths]),
+    ]
+    step_rows = [
+        ("fixed rows, aligned", "two dot products per loop, rows in cache, each level's rows fixed in advance; input "
+         "rows aligned to 64 bytes (one thread)"),
+        ("fixed rows", "the same, input rows 16 bytes past a 64-byte boundary, as NumPy places them (read as whole "
+         "lines)"),
+        ("dependent", "each level's node rows given by the logits of the level before (the walk's dependency)"),
+        ("pair walk", "the engine's pair walk (`_route_pair`, its prefetches included) on the same two samples"),
+        ("left, same batch", f"a batch, every node sending its samples left (node rows in cache), the same batch at "
+         f"every call ({threads} threads)"),
+        ("left, new batch", "the same, a new input batch per call (input rows from memory)"),
+        ("model, new batch", "a batch routed by the model's nodes (paths spread over the tree), a new input batch per "
+         "call"),
+    ]
+    whole = steps["model, new batch"]
+    md += [
+        "",
+        (f"Routing step by step, depth {steps_depth}, batch {batch}: the time per node dot product and core, from two "
+         "dot products in cache up to routing a batch as `FFF.route` does; each row adds one thing to the row "
+         "before it (the first two differ only in the input rows' alignment)."),
+        "",
+        table(["step", "per dot product and core", "of the last row"], [
+            [label, f"{steps[key] * 1e9:.1f} ns", f"{steps[key] / whole:.0%}"] for key, label in step_rows]),
     ]
     n_leaves = 2**footprint_depth
     few = max(1, n_leaves // 8)
@@ -478,10 +594,11 @@ def run(quick=False, *, threads=THREADS) -> Section:
              f"{stream[name] / read:.2f}"] for name in ("tiles", "tiles, input rows in cache", "bare read")]),
     ]
     return Section("Engine probes: loads, alignment, input traffic, node-row bytes, leaf weights and the L3, data the "
-                   "caches keep, routing after and under the leaf stream, the leaf stream and its arithmetic",
+                   "caches keep, routing step by step, after and under the leaf stream, the leaf stream and its "
+                   "arithmetic",
                    "\n".join(md),
                    figures={"loads": loads, "dots": dots, "traffic": traffic, "node_rows": rows_bytes,
-                            "footprint": footprint, "reuse": reuse, "after": after, "overlap": overlap,
+                            "footprint": footprint, "reuse": reuse, "steps": steps, "after": after, "overlap": overlap,
                             "stream": stream})
 
 

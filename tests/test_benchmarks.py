@@ -174,6 +174,10 @@ def test_engine_probes_quick_run_renders_every_table():
     assert "| inputs | 64 leaves | 8 leaves | ratio |" in section.markdown and "(3.2 MB of W1)" in section.markdown
     assert set(f["reuse"]) == {4, 48} and all(rate > 0 for rate in f["reuse"].values())
     assert "| 48 MiB |" in section.markdown
+    assert set(f["steps"]) == {"fixed rows, aligned", "fixed rows", "dependent", "pair walk", "left, same batch",
+                               "left, new batch", "model, new batch"} and all(t > 0 for t in f["steps"].values())
+    assert "| step | per dot product and core | of the last row |" in section.markdown
+    assert "new input batch per call | " in section.markdown and " | 100% |" in section.markdown
     assert set(f["after"]) == {"after routing", "after a leaf evaluation"} and all(t > 0 for t in f["after"].values())
     assert "| after a leaf evaluation |" in section.markdown
     assert set(f["overlap"]) == {"route", "read", "route, then read", "interleaved on each core",
@@ -181,6 +185,30 @@ def test_engine_probes_quick_run_renders_every_table():
     assert all(t > 0 for t in f["overlap"].values()) and "| interleaved on each core |" in section.markdown
     assert set(f["stream"]) == {"tiles", "tiles, input rows in cache", "bare read", "leaf bytes"}
     assert all(v > 0 for v in f["stream"].values()) and "| tiles, input rows in cache |" in section.markdown
+
+
+def test_routing_steps_walks_compute_the_dot_products_and_reach_the_outermost_leaves():
+    depth = 4
+    model = fffcpu.FFF(probes.INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
+    nw = model.params["node_weights"]
+    x = np.random.default_rng(0).standard_normal((2, probes.INPUT_WIDTH), dtype=np.float32)
+    levels = np.arange(depth)
+    paths = np.stack([(1 << levels) - 1, (2 << levels) - 2]).astype(np.int64)
+    expected = sum(float(x[s].astype(np.float64) @ nw[node].astype(np.float64))
+                   for s in (0, 1) for node in paths[s])
+    assert probes._walk_fixed(x, nw, paths, 3) == pytest.approx(3 * expected, rel=1e-4, abs=1e-3)
+    # odd nodes send their samples left, even ones right: below the root, each row follows its side's edge
+    sides = np.where(np.arange(len(nw)) % 2 == 1, -np.inf, np.inf).astype(np.float32)
+    for root_bias, reached in ((-np.inf, [0, 0]), (np.inf, [15, 15])):
+        sides[0] = root_bias
+        leaves = np.full(2, -1, dtype=np.int64)
+        probes._walk_dependent(x, nw, sides, depth, leaves, 2)
+        assert leaves.tolist() == reached
+        leaves[:] = -1
+        probes._walk_engine(x, nw, sides, depth, leaves, 2)
+        assert leaves.tolist() == reached
+    times = probes.routing_steps(depth, batch=64, threads=2, budget=0.05, repeats=5)
+    assert len(times) == 7 and all(t > 0 for t in times.values())
 
 
 def test_hot_order_gives_each_run_of_tiles_rows_of_its_own():
