@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import glob
 import os
@@ -140,12 +141,32 @@ def _status_kib(field):
     return None
 
 
+def _release_free_heap():
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim(0)``, every arena): memory an
+    allocation then takes from the heap must be faulted in again, so it counts in the resident set. Without it, a
+    call whose buffers come from memory that earlier, larger arrays freed adds nothing to the resident set. No-op
+    where there is no glibc."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
+
+
 def peak_memory(fn):
     """Peak resident memory (bytes) that one ``fn()`` adds above the memory in use before the call.
 
-    Linux: resets the high-water mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after the call; this sees
-    NumPy, Numba (NRT) and torch allocations alike. Returns None where that is not available.
+    Linux: returns the heap's free memory to the system (``_release_free_heap``), resets the high-water mark
+    (``/proc/self/clear_refs``) and reads ``VmHWM`` after the call; this sees NumPy, Numba (NRT) and torch
+    allocations alike, to the page. Returns None where that is not available.
     """
+    _release_free_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

@@ -622,7 +622,8 @@ def run(quick=False, *, threads=THREADS, widths=None, depths=None, batches=None,
         f"Input {INPUT_WIDTH}, output {OUTPUT_WIDTH}, ReLU, float32, {threads} threads for every library. "
         "Samples/s are medians over repeated calls after a warm-up call; every call gets a different input batch. "
         "`speedup` = dense NumPy time / fffcpu time; `limit` = training width / inference size (2^d·ℓ / (d + ℓ)); "
-        "peak memory = peak resident memory one call adds (VmHWM), buffers included (the dense FF allocates its "
+        "peak memory = peak resident memory one call adds (VmHWM, after the C heap's free memory was returned to the "
+        "system, so that buffers taken from it count), buffers included (the dense FF allocates its "
         "(batch, width) hidden buffer). Correctness of every method was checked against a float64 reference before "
         "timing" + (" (torch package: its `eval_forward` output plus the `b2s` bias it omits)." if use_torch else
                     "; torch is not installed, so the torch columns are empty."),

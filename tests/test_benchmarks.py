@@ -14,7 +14,7 @@ import fffcpu
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import __main__ as runner  # noqa: E402
-from benchmarks import blas_kernel, inference, probes  # noqa: E402
+from benchmarks import blas_kernel, common, inference, probes  # noqa: E402
 from benchmarks.common import have_torch  # noqa: E402
 from fffcpu.kernels import fff as kernels  # noqa: E402
 
@@ -151,6 +151,18 @@ def test_peak_probe_and_the_arithmetic_bound_of_the_torch_target():
     assert status.endswith("out of reach (multiply-adds vs peak)") and "at most 99.996x" in measured
     (_, measured, status), = [t for t in inference.evaluate_targets([fast], True, peak) if "torch" in t[0]]
     assert status == "missed" and "out of reach" not in measured
+
+
+def test_peak_memory_counts_buffers_taken_from_memory_the_heap_had_freed():
+    if common.peak_memory(lambda: None) is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    mib = 2**20
+    big = np.ones(16 * mib // 8)  # an mmapped block: freeing it raises glibc's threshold for the next ones
+    del big
+    held = [np.ones(mib // 8) for _ in range(8)]  # 8 MiB now taken from the heap, then freed to it
+    del held
+    peak = common.peak_memory(lambda: np.ones(4 * mib // 8))
+    assert 4 * mib <= peak < 8 * mib
 
 
 def test_routing_after_leaves_times_the_first_levels_alone_in_deep_trees():
