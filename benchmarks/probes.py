@@ -246,13 +246,14 @@ def _walk_engine(x, node_weights, node_biases, depth, leaves, repeats):
         kernels._route_pair(x, 0, 1, node_weights, node_biases, depth, leaves)
 
 
-def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=20_000):
+def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=2_000):
     """Time per node dot product (s, per core) of routing, from the pair's dot products alone up to routing a batch:
     two dot products per loop on rows in cache, each level independent of the one before (input rows 16 bytes past
-    a 64-byte boundary, where NumPy puts them, or aligned to one); the same with each level's
-    rows given by the logits before; the engine's pair walk (``_route_pair``) on the same two samples; batches routed
-    with every node sending its samples left (node rows in cache), the same batch at every call or a new one; batches
-    routed by the model (paths spread over the tree), a new one per call."""
+    a 64-byte boundary, where NumPy puts them, or aligned to one); the same with each level's rows given by the
+    logits before; the engine's pair walk (``_route_pair``) on the same two samples (``repeats`` walks per call, one
+    thread); batches routed with every node sending its samples left (node rows in cache), the same batch at every
+    call or a new one; batches routed by the model (paths spread over the tree), a new one per call. All seven take
+    turns (``interleaved_medians``), so that a change in the machine's speed hits them alike."""
     model, pool, _ = _model_and_batches(depth, batch, threads, seed=7)
     nw = model.params["node_weights"]
     nb = model.params["node_biases"]
@@ -263,40 +264,36 @@ def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=20_0
     root = float(x[0].astype(np.float64) @ nw[0].astype(np.float64))
     x[0] *= -np.sign(root) if root else 1.0
     x[1] = -x[0]
+    aligned = aligned_array(2 * INPUT_WIDTH, np.float32, 0, np.random.default_rng(9)).reshape(2, INPUT_WIDTH)
+    aligned[:] = x
     sides = np.where(np.arange(len(nb)) % 2 == 1, -np.inf, np.inf).astype(nb.dtype)  # odd nodes: left children
     sides[0] = 0
     left = np.full_like(nb, -np.inf)  # every sample goes left at every node
     leaves = np.empty(2, dtype=np.int64)
-    _walk_dependent(x, nw, sides, depth, leaves, 1)
-    if leaves[0] != 0 or leaves[1] != (1 << depth) - 1:
-        raise AssertionError(f"routing_steps: the two rows reached leaves {leaves.tolist()}, not the outermost ones")
-    _walk_engine(x, nw, sides, depth, leaves, 1)
-    if leaves[0] != 0 or leaves[1] != (1 << depth) - 1:
-        raise AssertionError(f"routing_steps: the pair walk reached leaves {leaves.tolist()}")
-    pair = 2 * depth
-    aligned = aligned_array(2 * INPUT_WIDTH, np.float32, 0, np.random.default_rng(9)).reshape(2, INPUT_WIDTH)
-    aligned[:] = x
-    out = {
-        "fixed rows, aligned": _best_per_call(functools.partial(_walk_fixed, aligned, nw, paths), repeats) / pair,
-        "fixed rows": _best_per_call(functools.partial(_walk_fixed, x, nw, paths), repeats) / pair,
-        "dependent": _best_per_call(functools.partial(_walk_dependent, x, nw, sides, depth, leaves), repeats) / pair,
-        "pair walk": _best_per_call(functools.partial(_walk_engine, x, nw, sides, depth, leaves), repeats) / pair,
-    }
+    for walk in (_walk_dependent, _walk_engine):
+        leaves[:] = -1
+        walk(x, nw, sides, depth, leaves, 1)
+        if leaves[0] != 0 or leaves[1] != (1 << depth) - 1:
+            raise AssertionError(f"routing_steps: {walk.__name__} reached leaves {leaves.tolist()}, not the "
+                                 "outermost ones")
+    if engine.route(pool[0], nw, left, depth, n_jobs=threads).any():
+        raise AssertionError("routing_steps: a sample left the leftmost path")
     P = len(pool)
 
     def route(biases, same, k):
         return engine.route(pool[0 if same else k % P], nw, biases, depth, n_jobs=threads)
 
-    if engine.route(pool[0], nw, left, depth, n_jobs=threads).any():
-        raise AssertionError("routing_steps: a sample left the leftmost path")
-    fns = {"left, same batch": functools.partial(route, left, True),
+    fns = {"fixed rows, aligned": lambda k: _walk_fixed(aligned, nw, paths, repeats),
+           "fixed rows": lambda k: _walk_fixed(x, nw, paths, repeats),
+           "dependent": lambda k: _walk_dependent(x, nw, sides, depth, leaves, repeats),
+           "pair walk": lambda k: _walk_engine(x, nw, sides, depth, leaves, repeats),
+           "left, same batch": functools.partial(route, left, True),
            "left, new batch": functools.partial(route, left, False),
            "model, new batch": functools.partial(route, nb, False)}
     timed = interleaved_medians(fns, budget=budget, max_repeats=dict.fromkeys(fns, 200))
-    per_dot = threads / (batch * depth)
-    out.update({k: v[0] * per_dot for k, v in timed.items()})
-    return out
-
+    one_thread = 1 / (repeats * 2 * depth)
+    batched = threads / (batch * depth)
+    return {name: t * (batched if name.endswith("batch") else one_thread) for name, (t, _) in timed.items()}
 
 def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
     """Median times (s) of routing alone, the bare read of the reached leaves' W1 alone, the two one after the
@@ -475,7 +472,7 @@ def run(quick=False, *, threads=THREADS) -> Section:
     reuse_sizes = (4, 48) if quick else (4, 8, 12, 16, 20, 24, 32, 48, 96)
     reuse = cache_reuse(reuse_sizes, threads=threads, budget=budget)
     steps_depth = 6 if quick else 9
-    steps = routing_steps(steps_depth, batch=batch, threads=threads, budget=budget, repeats=200 if quick else 20_000)
+    steps = routing_steps(steps_depth, batch=batch, threads=threads, budget=budget, repeats=50 if quick else 2_000)
     overlap_depth = 9 if quick else 12
     after = routing_after_leaves(overlap_depth, batch=batch, threads=threads, rounds=10 if quick else 100)
     overlap = routing_overlap(overlap_depth, batch=batch, threads=threads, budget=budget) if threads >= 2 else None
