@@ -141,6 +141,9 @@ def _status_kib(field):
     return None
 
 
+_MALLOC_TRIM = None  # glibc's malloc_trim once looked up; False where there is none
+
+
 def _release_free_heap():
     """Hand the C heap's free memory back to the system (glibc's ``malloc_trim(0)``, every arena): memory an
     allocation then takes from the heap must be faulted in again, so it counts in the resident set. Without it, a
@@ -154,9 +157,6 @@ def _release_free_heap():
             _MALLOC_TRIM = False
     if _MALLOC_TRIM:
         _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
 
 
 def peak_memory(fn):

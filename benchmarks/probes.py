@@ -242,6 +242,7 @@ def _walk_dependent(x, node_weights, node_biases, depth, leaves, repeats):
 
 @numba.njit(cache=True, nogil=True)
 def _walk_engine(x, node_weights, node_biases, depth, leaves, repeats):
+    """The engine's pair walk (``_route_pair``, its prefetches included) of rows 0 and 1 of ``x``, ``repeats`` times."""
     for _ in range(repeats):
         kernels._route_pair(x, 0, 1, node_weights, node_biases, depth, leaves)
 
@@ -294,6 +295,7 @@ def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=2_00
     one_thread = 1 / (repeats * 2 * depth)
     batched = threads / (batch * depth)
     return {name: t * (batched if name.endswith("batch") else one_thread) for name, (t, _) in timed.items()}
+
 
 def routing_overlap(depth=12, batch=4096, threads=THREADS, budget=1.0):
     """Median times (s) of routing alone, the bare read of the reached leaves' W1 alone, the two one after the
