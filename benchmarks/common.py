@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import functools
 import glob
 import os
 import pathlib
@@ -141,7 +142,13 @@ def _status_kib(field):
     return None
 
 
-_MALLOC_TRIM = None  # glibc's malloc_trim once looked up; False where there is none
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where there is no glibc."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _release_free_heap():
@@ -149,14 +156,9 @@ def _release_free_heap():
     allocation then takes from the heap must be faulted in again, so it counts in the resident set. Without it, a
     call whose buffers come from memory that earlier, larger arrays freed adds nothing to the resident set. No-op
     where there is no glibc."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def peak_memory(fn):

@@ -247,6 +247,20 @@ def _walk_engine(x, node_weights, node_biases, depth, leaves, repeats):
         kernels._route_pair(x, 0, 1, node_weights, node_biases, depth, leaves)
 
 
+def _outer_paths(depth):
+    """Node ids of the leftmost path (row 0) and the rightmost path (row 1) of a tree of ``depth`` levels."""
+    levels = np.arange(depth)
+    return np.stack([(1 << levels) - 1, (2 << levels) - 2]).astype(np.int64)
+
+
+def _side_biases(n_nodes, dtype, root):
+    """Node biases that send every sample on down its side of the tree: odd nodes (left children) send it left,
+    even ones right, whatever its logit; the root's bias is ``root``."""
+    biases = np.where(np.arange(n_nodes) % 2 == 1, -np.inf, np.inf).astype(dtype)
+    biases[0] = root
+    return biases
+
+
 def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=2_000):
     """Time per node dot product (s, per core) of routing, from the pair's dot products alone up to routing a batch:
     two dot products per loop on rows in cache, each level independent of the one before (input rows 16 bytes past
@@ -258,8 +272,7 @@ def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=2_00
     model, pool, _ = _model_and_batches(depth, batch, threads, seed=7)
     nw = model.params["node_weights"]
     nb = model.params["node_biases"]
-    levels = np.arange(depth)
-    paths = np.stack([(1 << levels) - 1, (2 << levels) - 2]).astype(np.int64)  # the leftmost and rightmost paths
+    paths = _outer_paths(depth)
     # two input rows that the root sends apart; every node below sends its sample on down its side
     x = aligned_array(2 * INPUT_WIDTH, np.float32, 16, np.random.default_rng(8)).reshape(2, INPUT_WIDTH)
     root = float(x[0].astype(np.float64) @ nw[0].astype(np.float64))
@@ -267,8 +280,7 @@ def routing_steps(depth=9, batch=4096, threads=THREADS, budget=1.0, repeats=2_00
     x[1] = -x[0]
     aligned = aligned_array(2 * INPUT_WIDTH, np.float32, 0, np.random.default_rng(9)).reshape(2, INPUT_WIDTH)
     aligned[:] = x
-    sides = np.where(np.arange(len(nb)) % 2 == 1, -np.inf, np.inf).astype(nb.dtype)  # odd nodes: left children
-    sides[0] = 0
+    sides = _side_biases(len(nb), nb.dtype, root=0)
     left = np.full_like(nb, -np.inf)  # every sample goes left at every node
     leaves = np.empty(2, dtype=np.int64)
     for walk in (_walk_dependent, _walk_engine):

@@ -204,15 +204,14 @@ def test_routing_steps_walks_compute_the_dot_products_and_reach_the_outermost_le
     model = fffcpu.FFF(probes.INPUT_WIDTH, 16, 10, depth, dtype="float32", seed=0)
     nw = model.params["node_weights"]
     x = np.random.default_rng(0).standard_normal((2, probes.INPUT_WIDTH), dtype=np.float32)
-    levels = np.arange(depth)
-    paths = np.stack([(1 << levels) - 1, (2 << levels) - 2]).astype(np.int64)
+    paths = probes._outer_paths(depth)
+    assert paths.tolist() == [[0, 1, 3, 7], [0, 2, 6, 14]]
     expected = sum(float(x[s].astype(np.float64) @ nw[node].astype(np.float64))
                    for s in (0, 1) for node in paths[s])
     assert probes._walk_fixed(x, nw, paths, 3) == pytest.approx(3 * expected, rel=1e-4, abs=1e-3)
     # odd nodes send their samples left, even ones right: below the root, each row follows its side's edge
-    sides = np.where(np.arange(len(nw)) % 2 == 1, -np.inf, np.inf).astype(np.float32)
     for root_bias, reached in ((-np.inf, [0, 0]), (np.inf, [15, 15])):
-        sides[0] = root_bias
+        sides = probes._side_biases(len(nw), np.float32, root=root_bias)
         leaves = np.full(2, -1, dtype=np.int64)
         probes._walk_dependent(x, nw, sides, depth, leaves, 2)
         assert leaves.tolist() == reached
