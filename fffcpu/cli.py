@@ -267,7 +267,18 @@ def quick_bench(*, depths=(4, 8, 12), leaf_width: int = 16, batch: int = 256, in
     A quick look; ``make bench`` runs the full, documented benchmark (docs/benchmarks.md).
     """
     from . import FF, FFF
+    from ._validation import check_fits_in_memory, check_positive_int
 
+    depths = [check_positive_int(depth, "depth", minimum=0) for depth in depths]
+    deepest = max(depths, default=0)
+    if deepest > 40:
+        raise ValueError(f"depth={deepest} would need 2**{deepest} leaves; an FFF of that depth cannot be stored "
+                         "(use depth <= 40)")
+    # the deepest FFF and its dense FF, parameters and gradients in float32: refused before the table starts
+    width = leaf_width << deepest
+    values = (((1 << deepest) - 1) * (input_width + 1) + (1 << deepest) * output_width + output_width
+              + 2 * width * (input_width + output_width + 1))
+    check_fits_in_memory(2 * 4 * values, f"depth {deepest} (an FFF and a dense FF of width {width:,})")
     rng = np.random.default_rng(0)
     x = rng.random((batch, input_width), dtype=np.float32)
     rows = []
@@ -445,6 +456,12 @@ def _predict_command(args) -> None:
     else:
         result = model.predict(X)
         if args.what == "labels":
+            undefined = np.flatnonzero(~np.isfinite(result).all(axis=1))
+            if undefined.size:  # argmax would give a label (0) that looks like any other
+                rows = ", ".join(map(str, undefined[:5])) + (", ..." if undefined.size > 5 else "")
+                raise ValueError(f"{args.inputs}: {undefined.size} of {len(X)} samples (rows {rows}) have NaN or "
+                                 "Inf outputs, so no label (NaN/Inf inputs, or values too large); nothing was "
+                                 "written. --what outputs shows the outputs")
             result = result.argmax(axis=1)
     if output is not None:
         written = _save_npy(output, result)
@@ -536,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Examples:\n  fffcpu demo\n  fffcpu train --data digits --depth 4 --leaf-width 8 --save m.npz\n"
                "  fffcpu predict m.npz inputs.npy --output labels.npy\n  fffcpu bench",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="command")
 
     p = commands.add_parser("demo", help="train an FF and an FFF on digits and compare accuracy and speed")
@@ -555,10 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leaf-width", type=_positive_int, default=None, help="fff: neurons per leaf (default 8)")
     p.add_argument("--hidden-width", type=_positive_int, default=None,
                    help="ff: width of the dense hidden layer (default 128)")
-    p.add_argument("--activation", default="relu", help="relu | gelu | tanh | sigmoid | identity")
-    p.add_argument("--epochs", type=_positive_int, default=40)
-    p.add_argument("--lr", type=_positive_float, default=1e-2)
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--activation", default="relu", help="relu | gelu | tanh | sigmoid | identity (default relu)")
+    p.add_argument("--epochs", type=_positive_int, default=40, help="training epochs (default 40)")
+    p.add_argument("--lr", type=_positive_float, default=1e-2, help="learning rate (default 0.01)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="minibatch size (default 64)")
     p.add_argument("--optimizer", default="adam", help="adam | sgd | local_adam | local_sgd (default adam)")
     p.add_argument("--local-batch-size", type=_positive_float, default=None,
                    help="usage a node/leaf must gather before a localized update (default: the batch size)")
@@ -573,7 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=_test_size, default=None,
                    help=f"when the data have no test set: a fraction in (0, 1) of the samples, written with a "
                         f"decimal point (0.25), or a whole number of test samples (500) (default {TEST_SIZE})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial weights, the test split and the minibatch order (default 0)")
     p.add_argument("--save", metavar="FILE", help="save the trained model (.npz; checked before the training)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -585,10 +606,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE",
                    help="write a .npy file instead of printing (.npy appended if missing; not a folder)")
 
-    p = commands.add_parser("bench", help="quick hard-inference speed table against the dense FF")
+    p = commands.add_parser(
+        "bench", help="quick hard-inference speed table against the dense FF",
+        description="Samples per second of FFF hard inference and of the dense FF of the same training width "
+                    "(float32, input 784, output 10), medians of a few calls: a quick look; 'make bench' runs the "
+                    "documented benchmark. With another busy process on the same cores, the figures can drop many "
+                    "times over (spinning OpenMP workers); start Python with OMP_WAIT_POLICY=passive to avoid it.")
     p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 12], help="tree depths (default 4 8 12)")
-    p.add_argument("--leaf-width", type=_positive_int, default=16)
-    p.add_argument("--batch", type=_positive_int, default=256)
+    p.add_argument("--leaf-width", type=_positive_int, default=16, help="neurons per leaf (default 16)")
+    p.add_argument("--batch", type=_positive_int, default=256, help="samples per call (default 256)")
     return parser
 
 

@@ -43,10 +43,12 @@ __all__ = [
 
 
 def relu(z):
+    """``max(z, 0)``."""
     return np.maximum(z, 0)
 
 
 def relu_grad(z):
+    """1 where ``z > 0``, else 0 (0 at ``z = 0``, as PyTorch)."""
     return (z > 0).astype(z.dtype)
 
 
@@ -63,10 +65,12 @@ def gelu_grad(z):
 
 
 def tanh(z):
+    """``tanh(z)``."""
     return np.tanh(z)
 
 
 def tanh_grad(z):
+    """``1 - tanh(z)²``."""
     t = np.tanh(z)
     return 1 - t * t
 
@@ -78,15 +82,18 @@ def sigmoid(z):
 
 
 def sigmoid_grad(z):
+    """``σ(z) (1 - σ(z))``."""
     s = sigmoid(z)
     return s * (1 - s)
 
 
 def identity(z):
+    """``z`` itself (a linear leaf)."""
     return z
 
 
 def identity_grad(z):
+    """Ones of the shape and dtype of ``z``."""
     return np.ones_like(z)
 
 
@@ -141,6 +148,7 @@ def log_softmax(logits):
 
 
 def softmax(logits):
+    """Row-wise softmax of ``logits`` (n, n_classes), computed from ``log_softmax`` (no overflow)."""
     return np.exp(log_softmax(logits))
 
 
@@ -195,6 +203,7 @@ def mean_squared_error(outputs, targets):
 
 
 def mean_squared_error_grad(outputs, targets):
+    """``(outputs - targets) / n``, the gradient of ``mean_squared_error``."""
     return (outputs - targets) / max(len(outputs), 1)
 
 

@@ -70,6 +70,10 @@ def _check_regular(path: str, action: str, where: str | None = None) -> None:
 def save(model, path) -> str:
     """Write ``model`` to ``path`` (``.npz`` is appended if missing); returns the path written.
 
+    The file holds the model's configuration (``model.config()``) and its parameters, which is all that
+    ``predict`` and further training need; not the gradients, the optimizer's state or an FFF's usage counters,
+    which ``load`` starts afresh (an optimizer's moments are the optimizer's, not the model's).
+
     The write is atomic: the data go to a temporary file in the destination folder, which is then renamed
     over ``path``. If anything fails, the temporary file is removed and an existing ``path`` is unchanged.
     A ``path`` that names a folder (an existing one, or one ending in a path separator) raises

@@ -16,7 +16,7 @@ import numpy as np
 from ._validation import check_nonnegative_float, check_positive_float, check_probability
 from .kernels.optim import adam_step
 
-__all__ = ["Optimizer", "SGD", "Adam", "Localized", "LocalSGD", "LocalAdam", "make_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "Localized", "LocalSGD", "LocalAdam", "make_optimizer", "optimizer_options"]
 
 
 class Optimizer:
@@ -65,7 +65,8 @@ class Optimizer:
                     self._update(name, param, grad[index], index)
 
     def check_grads(self, grads) -> None:
-        """Raise unless ``grads`` holds a floating-point array of each parameter's shape."""
+        """Raise unless ``grads`` holds a finite floating-point array of each parameter's shape (``FloatingPointError``
+        for NaN or Inf, before any parameter changes)."""
         if not isinstance(grads, dict):
             raise TypeError(f"grads must be a dict of arrays with the keys of params, got {type(grads).__name__}")
         missing = [name for name in self.params if name not in grads]
@@ -79,6 +80,10 @@ class Optimizer:
                          else type(grad).__name__)
                 raise ValueError(f"grads[{name!r}] must be a floating-point array of the parameter's shape "
                                  f"{param.shape}, got {given}: were the gradients computed for another model?")
+        bad = [name for name in self.params if not np.isfinite(grads[name]).all()]
+        if bad:  # an update with them would make the weights NaN for good
+            raise FloatingPointError(f"grads {bad} hold NaN or Inf values; no parameter was updated (a diverging "
+                                     "loss, or NaN/Inf in the inputs or in dy)")
 
     def _update(self, name, param, grad, index):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -291,13 +296,32 @@ def LocalAdam(params: dict, blocks: dict, lr: float = 1e-3, *, local_batch_size:
 _OPTIMIZERS = {"sgd": SGD, "adam": Adam}
 
 
+def _base_name(name):
+    """The optimizer that ``name`` ("sgd", "adam", "local_sgd", "local_adam") builds on, or a clear error."""
+    base = name[len("local_"):] if isinstance(name, str) and name.startswith("local_") else name
+    if not isinstance(base, str) or base not in _OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS) + ['local_adam', 'local_sgd']} "
+                         f"or an Optimizer instance, got {name!r}")
+    return base
+
+
+def optimizer_options(name: str) -> tuple:
+    """The keyword options (besides ``lr``) that the optimizer named ``name`` takes, e.g. ``optimizer_options("sgd")``
+    is ``("momentum", "weight_decay")``."""
+    import inspect
+
+    parameters = inspect.signature(_OPTIMIZERS[_base_name(name)].__init__).parameters
+    return tuple(p for p in parameters if p not in ("self", "params", "lr"))
+
+
 def make_optimizer(name: str, model, lr: float, *, local_batch_size: float | None = None,
                    counts: str = "soft", **options):
     """Build an optimizer by name for ``model``: "sgd", "adam", "local_sgd" or "local_adam"."""
-    base = name[len("local_"):] if isinstance(name, str) and name.startswith("local_") else name
-    if base not in _OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS) + ['local_adam', 'local_sgd']} "
-                         f"or an Optimizer instance, got {name!r}")
+    base = _base_name(name)
+    unknown = sorted(set(options) - set(optimizer_options(base)))
+    if unknown:
+        raise TypeError(f"optimizer {name!r} takes no option {', '.join(map(repr, unknown))}; its options are lr, "
+                        f"{', '.join(optimizer_options(base))}")
     if base != name and not getattr(model, "param_blocks", None):
         raise ValueError(f"optimizer={name!r} needs a model with node/leaf blocks (an FFF); "
                          f"{type(model).__name__} has none: use {base!r}")

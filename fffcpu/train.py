@@ -10,8 +10,27 @@ from ._validation import (check_finite, check_input, check_nonnegative_float, ch
                           check_positive_int, check_seed)
 from .functional import get_loss
 from .optim import Localized, Optimizer, make_optimizer
+from .optim import optimizer_options as _options_of
 
 __all__ = ["train", "History", "TrainingDiverged", "check_targets", "accuracy", "linear_ramp", "sharpening_ramp"]
+
+
+def _check_optimizer_options(optimizer, options: dict) -> None:
+    """Refuse a keyword that is neither ``train``'s nor an option of the named optimizer (a misspelt ``epoch=``
+    would otherwise reach the optimizer and be reported as the optimizer's), suggesting the closest names."""
+    import difflib
+    import inspect
+
+    allowed = _options_of(optimizer)  # also refuses an unknown optimizer name
+    unknown = sorted(set(options) - set(allowed))
+    if not unknown:
+        return
+    own = [p for p in inspect.signature(train).parameters if p not in ("model", "X", "y", "optimizer_options")]
+    hints = [f"{name!r} (did you mean {', '.join(map(repr, close))}?)" if (
+        close := difflib.get_close_matches(name, own + list(allowed), n=2)) else repr(name) for name in unknown]
+    raise TypeError(f"train() got unexpected keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(hints)}: "
+                    f"train takes {', '.join(own)}, and optimizer={optimizer!r} also takes "
+                    f"{', '.join(allowed)}")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -227,6 +246,7 @@ def train(model, X, y, *, loss: str = "cross_entropy", optimizer="adam", lr: flo
                              f"build it on this model, e.g. Adam(model.params)")
         opt = optimizer
     else:
+        _check_optimizer_options(optimizer, optimizer_options)
         lr = 1e-3 if lr is None else check_positive_float(lr, "lr")
         opt = make_optimizer(optimizer, model, lr, local_batch_size=local_batch_size, counts=usage_counts,
                              **optimizer_options)

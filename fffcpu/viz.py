@@ -483,6 +483,8 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
         Grid points per axis for the ``soft`` and ``class`` images.
     alpha : float
         How much of the leaf (or class) colour the background keeps, the rest being white.
+    point_size : float
+        Marker area of the points X (matplotlib's ``s``).
     title : str, optional
         The default names the mode; for ``"hard"`` it counts the leaf regions inside the rectangle and, with
         X, the leaves that receive those points (hard routing), which can be fewer.
@@ -606,6 +608,9 @@ def plot_history(history, *, axes=None, title: str | None = None):
     ----------
     history : History (or a dict of per-epoch lists with the same keys)
     axes : sequence of 3 Axes, optional
+        Where to draw (default: a new figure of three panels side by side).
+    title : str, optional
+        A title over the three panels (the figure's ``suptitle``).
 
     Returns
     -------
@@ -658,6 +663,7 @@ def plot_leaf_usage(model, X=None, y=None, *, ax=None, counts: str = "hard", cla
     Parameters
     ----------
     model : FFF
+    ax : matplotlib Axes, optional
     X : array-like (n, input_width), optional
         Count the hard routes of these samples. Without it, the model's cumulative training usage
         counters are shown (``model.usage["leaf_hard"]`` or ``["leaf_soft"]``, see ``counts``).
@@ -666,6 +672,8 @@ def plot_leaf_usage(model, X=None, y=None, *, ax=None, counts: str = "hard", cla
         the colours of the points in :func:`plot_regions`).
     counts : {"hard", "soft"}
         For the usage counters only.
+    class_names : sequence of str, optional
+        Legend names of the classes of y (``class_names[c]`` for class c; default: the class numbers).
 
     Returns
     -------
@@ -732,6 +740,7 @@ def plot_leaf_montage(model, X, y=None, *, image_shape=(8, 8), per_leaf: int = 1
     per_leaf : int
     leaves : sequence of int, optional
         Which leaves to show (default: every leaf that receives a sample, in order).
+    ax : matplotlib Axes, optional
     seed : int
         Picks the samples shown when a leaf has more than ``per_leaf``.
 
@@ -800,6 +809,7 @@ def plot_sizes(leaf_width: int = 1, max_depth: int = 14, *, depth: int | None = 
     depth : int, optional
         Mark this depth and annotate its numbers (gid ``marked-sizes``: inference size of training width, or
         neurons on the path of neurons in the tree), on the side of the line that keeps the text inside the axes.
+    ax : matplotlib Axes, optional
     ultra : bool
         UltraFastBERT's tree instead (arXiv 2311.10770): every node is a neuron, 2^(D+1) − 1 neurons in the
         tree, D + 1 of them on a path (D = 11: 4095 and 12).
@@ -952,6 +962,7 @@ def plot_inference_time(timing: dict, *, ax=None, per_sample: bool = True):
     Parameters
     ----------
     timing : dict from :func:`inference_timing`
+    ax : matplotlib Axes, optional
     per_sample : bool
         Show microseconds per sample (else seconds per batch).
 

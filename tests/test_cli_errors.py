@@ -1,6 +1,7 @@
 """Bad command-line input gets a one-line error saying what was expected and what was given; nothing is lost."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -262,3 +263,48 @@ def test_localized_training_gathers_a_batch_by_default(capsys, monkeypatch, data
                        "--epochs", "1", "--quiet", *given)
     assert code == 0, err
     assert seen["optimizer"] == "local_adam" and seen["local_batch_size"] == expected
+
+
+def test_predict_gives_no_label_to_a_sample_with_nan_outputs(capsys, model, tmp_path):
+    # argmax of a NaN row is 0, a label like any other: refuse, name the rows, keep the old output file
+    x = np.random.default_rng(1).normal(size=(8, 4))
+    x[2] = np.nan
+    x[5, 1] = np.inf
+    np.save(tmp_path / "x.npy", x)
+    old = tmp_path / "labels.npy"
+    old.write_bytes(b"the user's previous labels")
+    code, out, err = run(capsys, "predict", str(model), str(tmp_path / "x.npy"), "--output", str(old))
+    assert code == 1 and out == ""
+    assert error_line(err) == (f"fffcpu predict: error: {tmp_path / 'x.npy'}: 2 of 8 samples (rows 2, 5) have NaN or "
+                               "Inf outputs, so no label (NaN/Inf inputs, or values too large); nothing was written. "
+                               "--what outputs shows the outputs")
+    assert old.read_bytes() == b"the user's previous labels"
+    code, out, _ = run(capsys, "predict", str(model), str(tmp_path / "x.npy"), "--what", "outputs")
+    assert code == 0 and out.splitlines()[2] == "nan nan"
+    code, out, _ = run(capsys, "predict", str(model), str(tmp_path / "x.npy"), "--what", "leaves")
+    assert code == 0 and len(out.splitlines()) == 8
+
+
+@pytest.mark.parametrize("depths, message", [
+    (["2", "50"], re.escape("depth=50 would need 2**50 leaves; an FFF of that depth cannot be stored "
+                            "(use depth <= 40)")),
+    (["2", "-1"], "depth must be an integer >= 0, got -1"),
+    (["2", "30"], r"depth 30 \(an FFF and a dense FF of width 17,179,869,184\) would need .* more than this machine"),
+])
+def test_bench_refuses_a_bad_depth_before_its_table(capsys, depths, message):
+    code, out, err = run(capsys, "bench", "--depths", *depths)
+    assert code == 1 and out == ""  # no header of a table that will not come
+    assert re.search(message, error_line(err))
+
+
+def test_version_and_the_defaults_in_train_help(capsys):
+    import fffcpu
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"fffcpu {fffcpu.__version__}"
+    code, out, _ = run(capsys, "train", "--help")
+    text = " ".join(out.split())
+    for flag, default in [("--epochs", "40"), ("--lr", "0.01"), ("--batch-size", "64"), ("--seed", "0"),
+                          ("--activation", "relu")]:
+        assert re.search(re.escape(flag) + r" \S+ [^-]*\(default " + re.escape(default) + r"\)", text), flag
+    assert cli.build_parser().parse_args(["train"]).lr == 0.01  # the help says what the parser does

@@ -130,3 +130,36 @@ def test_hardening_is_checked_and_an_empty_batch_has_zero_gradients(make):
     for bad, error in ((-1.0, ValueError), ("1", TypeError), (float("nan"), ValueError)):
         with pytest.raises(error, match="hardening must be"):
             model.backward(np.ones((2, 2)), hardening=bad)
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_predict_takes_n_jobs_and_out_alike(make):
+    """Every model's predict takes n_jobs and out=, so that one can stand in for another (the dense FF's n_jobs
+    limits BLAS's threads for the call and restores them)."""
+    from threadpoolctl import threadpool_info
+
+    model = make()
+    x = np.random.default_rng(3).normal(size=(7, 4)).astype(np.float32)
+    expected = model.predict(x)
+    blas_before = [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info() if lib["user_api"] == "blas"]
+    for n_jobs in (1, -1, None):
+        out = np.full((7, 2), np.nan, np.float32)
+        assert model.predict(x, n_jobs=n_jobs, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(model.predict(x, n_jobs=n_jobs), expected)
+    assert [(lib["internal_api"], lib["num_threads"]) for lib in threadpool_info()
+            if lib["user_api"] == "blas"] == blas_before
+    with pytest.raises(ValueError, match="n_jobs must be None, a positive thread count"):
+        model.predict(x, n_jobs=0)
+    bad = np.full((7, 3), 5.0, np.float32)
+    with pytest.raises(ValueError, match=re.escape("shape (7, 3) (expected (7, 2))")):
+        model.predict(x, out=bad)
+    assert (bad == 5.0).all()
+
+
+def test_hardening_loss_before_a_forward_says_so_and_is_zero_without_nodes():
+    with pytest.raises(RuntimeError, match=r"^hardening_loss needs the cache of a forward pass: call forward\(x\) "
+                                           r"first$"):
+        FFF(4, 2, 2, 2).hardening_loss()
+    assert FFF(4, 2, 2, 0).hardening_loss() == 0.0  # depth 0: no decision to harden
+    assert FF(4, 3, 2).hardening_loss() == 0.0 and UltraFFF(4, 2, 2).hardening_loss() == 0.0

@@ -1,5 +1,7 @@
 """Optimizers against steps computed by hand, and the localized optimizers' gating."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -273,3 +275,43 @@ def test_localized_step_checks_usage_before_accumulating():
         np.testing.assert_array_equal(v, before[k])
     opt.step(grads, usage)
     assert opt.pending["node"][0] == 1
+
+
+@pytest.mark.parametrize("make", [lambda p: SGD(p, lr=0.1, momentum=0.9), lambda p: Adam(p)], ids=["sgd", "adam"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_gradients_are_refused_before_any_update(make, bad):
+    # one NaN step would make every weight it touches NaN for good
+    params = {"w": np.ones(1000, np.float32), "b": np.ones(3, np.float32)}
+    opt = make(params)
+    opt.step({"w": np.full(1000, 0.5, np.float32), "b": np.full(3, 0.5, np.float32)})
+    before = {k: v.copy() for k, v in params.items()}
+    state = copy.deepcopy({k: v for k, v in vars(opt).items() if k != "params"})
+    b = np.zeros(3, np.float32)
+    b[1] = bad
+    with pytest.raises(FloatingPointError, match=r"grads \['b'\] hold NaN or Inf values; no parameter was updated"):
+        opt.step({"w": np.ones(1000, np.float32), "b": b})
+    for name in params:
+        np.testing.assert_array_equal(params[name], before[name])
+    for key, value in state.items():  # the moments and step counts too
+        if isinstance(value, dict):
+            for name in value:
+                np.testing.assert_array_equal(getattr(opt, key)[name], value[name])
+    # a localized optimizer refuses them before accumulating
+    model = FFF(4, 2, 3, 2, seed=0)
+    local = make_optimizer("local_adam", model, 0.1, local_batch_size=4)
+    grads = {k: np.ones_like(v) for k, v in model.params.items()}
+    grads["w1s"][0, 0, 0] = bad
+    with pytest.raises(FloatingPointError, match=r"grads \['w1s'\]"):
+        local.step(grads, {"node": np.ones(3), "leaf": np.ones(4)})
+    assert all((acc == 0).all() for acc in local.accumulated.values())
+    assert all((pending == 0).all() for pending in local.pending.values())
+
+
+def test_unknown_optimizer_options_name_the_optimizer_and_its_options():
+    model = FFF(4, 2, 3, 2, seed=0)
+    with pytest.raises(TypeError, match=r"optimizer 'sgd' takes no option 'betas'; its options are lr, momentum, "
+                                        r"weight_decay"):
+        make_optimizer("sgd", model, 0.1, betas=(0.9, 0.99))
+    with pytest.raises(TypeError, match=r"optimizer 'local_adam' takes no option 'momentum'; its options are lr, "
+                                        r"betas, eps, weight_decay, decoupled_weight_decay"):
+        make_optimizer("local_adam", model, 0.1, local_batch_size=4, momentum=0.9)

@@ -140,6 +140,13 @@ def test_divergence_in_the_last_update_is_caught(make, optimizer):
          "local_batch_size only applies to the localized optimizers .'local_adam'., not to optimizer='adam'"),
         (np.zeros((5, 4)), np.zeros(5, int), {"usage_counts": "x"}, ValueError,
          "counts must be 'soft' or 'hard', got 'x'"),
+        # a misspelt argument is train's error, not the optimizer's, with the closest names
+        (np.zeros((5, 4)), np.zeros(5, int), {"epoch": 3}, TypeError,
+         r"train\(\) got unexpected keyword argument 'epoch' \(did you mean 'epochs'\?\): train takes loss, "
+         r"optimizer, lr, epochs, .* and optimizer='adam' also takes betas, eps, weight_decay, decoupled_weight_decay"),
+        (np.zeros((5, 4)), np.zeros(5, int), {"optimizer": "sgd", "momentun": 0.9, "betas": (0.9, 0.99)}, TypeError,
+         r"unexpected keyword arguments 'betas', 'momentun' \(did you mean 'momentum'\?\): .* optimizer='sgd' "
+         r"also takes momentum, weight_decay$"),
     ],
 )
 def test_bad_training_input(X, y, kwargs, error, message):

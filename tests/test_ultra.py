@@ -668,3 +668,12 @@ def test_n_jobs_sets_the_threads_of_one_call_and_restores_them():
     with pytest.raises(ValueError, match="n_jobs must be None, a positive thread count"):
         model.predict(x, n_jobs=0)
     assert numba.get_num_threads() == before
+
+
+def test_state_dict_keys_under_a_prefix_suggest_it():
+    model = random_model(2, seed=3, trees=1)[0]
+    state = {"encoder.layer.0.intermediate." + k: v for k, v in model.to_state_dict().items()}
+    with pytest.raises(KeyError, match=r"pass that start as prefix=, e\.g\. "
+                                       r"prefix='encoder\.layer\.0\.intermediate\.'"):
+        UltraFFF.from_state_dict(state)
+    assert UltraFFF.from_state_dict(state, prefix="encoder.layer.0.intermediate.").depth == 2

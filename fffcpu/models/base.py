@@ -84,17 +84,22 @@ class Model:
 
     # --- to be defined by subclasses ---------------------------------------------------------
     def param_shapes(self) -> dict:
+        """Parameter name -> shape, in the order the parameters are initialised (and saved)."""
         raise NotImplementedError
 
     def init_bounds(self) -> dict:
+        """Parameter name -> b: the initial values are drawn from U(-b, b)."""
         raise NotImplementedError
 
     def config(self) -> dict:
+        """The constructor's arguments: ``type(model)(**model.config())`` builds a model of the same shape (with the
+        initial weights of its seed); ``save`` stores them beside the parameters."""
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
     @property
     def n_parameters(self) -> int:
+        """The number of parameter values (weights and biases), from ``param_shapes()``."""
         return sum(math.prod(int(n) for n in shape) for shape in self.param_shapes().values())  # exact, any size
 
     @property
@@ -132,9 +137,9 @@ class Model:
             )
         return dy.astype(self.dtype, copy=False)
 
-    def _require_cache(self):
+    def _require_cache(self, what: str = "backward"):
         if self._cache is None:
-            raise RuntimeError("backward needs the cache of a forward pass: call forward(x) first")
+            raise RuntimeError(f"{what} needs the cache of a forward pass: call forward(x) first")
         return self._cache
 
     def set_params(self, params: dict) -> None:
@@ -166,6 +171,7 @@ class Model:
         self._cache = None
 
     def zero_grads(self) -> None:
+        """Set every gradient array to 0, in place (``backward`` overwrites them; this is for accumulating by hand)."""
         for g in self.grads.values():
             g.fill(0)
 
@@ -177,6 +183,7 @@ class Model:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the parameter arrays (gradients and caches not included)."""
         return int(sum(p.nbytes for p in self.params.values()))
 
     def __repr__(self) -> str:
@@ -184,6 +191,7 @@ class Model:
         return f"{type(self).__name__}({args})"
 
     def summary(self) -> str:
+        """One line: the configuration, the number of parameters and their size in memory."""
         return f"{self!r}: {self.n_parameters:,} parameters, {format_bytes(self.nbytes)}"
 
 

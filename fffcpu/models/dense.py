@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._validation import check_nonnegative_float, check_positive_int
+from .._validation import check_nonnegative_float, check_out, check_positive_int
+from ..engine import resolve_n_jobs
 from ..functional import get_activation
 from .base import Model
 
@@ -63,14 +64,46 @@ class FF(Model):
             "seed": self.seed,
         }
 
-    def predict(self, x) -> np.ndarray:
-        """``act(x W1 + b1) W2 + b2`` for a batch, shape (n, output_width); keeps no cache."""
+    def predict(self, x, *, n_jobs=None, out=None) -> np.ndarray:
+        """``act(x W1 + b1) W2 + b2`` for a batch (BLAS matrix products); keeps no cache.
+
+        Parameters
+        ----------
+        x : array-like, shape (n, input_width)
+        n_jobs : int or None
+            BLAS threads for this call, set through threadpoolctl and restored after it (None: BLAS's current
+            setting; -1: all; as ``FFF.predict``'s Numba threads). Limiting them costs a look at the loaded
+            libraries on each call (tens of microseconds), so a tight loop is better wrapped in one
+            ``threadpoolctl.threadpool_limits`` of its own.
+        out : ndarray, optional
+            Where to write the result, as in ``FFF.predict``: a writeable C-contiguous array of shape
+            (n, output_width) and the model's dtype that does not overlap ``x``.
+
+        Returns
+        -------
+        ndarray, shape (n, output_width), the model's dtype: ``out`` when given
+        """
         x = self._check_x(x, per_sample=(2 * self.hidden_width + self.output_width) * self.dtype.itemsize,
                           what="FF.predict")
-        p = self.params
-        return self._act(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        if out is not None:
+            out = check_out(out, x, (len(x), self.output_width), self.dtype)
+        if n_jobs is None:
+            return self._predict(x, out)
+        from threadpoolctl import threadpool_limits
 
-    predict_soft = predict
+        with threadpool_limits(resolve_n_jobs(n_jobs), user_api="blas"):
+            return self._predict(x, out)
+
+    def _predict(self, x, out):
+        p = self.params
+        hidden = self._act(x @ p["w1"] + p["b1"])
+        y = np.matmul(hidden, p["w2"], out=out)
+        y += p["b2"]
+        return y
+
+    def predict_soft(self, x) -> np.ndarray:
+        """The same as ``predict``: a dense layer has no soft and hard modes."""
+        return self.predict(x)
 
     def forward(self, x) -> np.ndarray:
         """Training forward; keeps what ``backward`` needs. Returns shape (n, output_width)."""

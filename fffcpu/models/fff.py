@@ -454,7 +454,9 @@ class FFF(Model):
         ``paper_sum = n_samples * n_nodes * hardening_loss()`` and a paper weight h_paper corresponds to
         ``hardening = h_paper * n_samples * n_nodes`` here. Zero for depth 0.
         """
-        logits = self._require_cache()["logits"]
+        if self.depth == 0:  # no node, no decision: zero whether or not a forward has run
+            return 0.0
+        logits = self._require_cache("hardening_loss")["logits"]
         if logits.size == 0:
             return 0.0
         return float(bernoulli_entropy(logits).mean(dtype=np.float64))

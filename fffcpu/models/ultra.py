@@ -388,8 +388,11 @@ class UltraFFF(Model):
         arrays = {}
         for key in _STATE_KEYS:
             if prefix + key not in state_dict:
+                found = sorted({str(k)[:-len(key)] for k in state_dict if str(k).endswith(key)})
+                hint = (f"; the keys ending in {key!r} start with {', '.join(map(repr, found[:3]))}: pass that start "
+                        f"as prefix=, e.g. prefix={found[0]!r}" if found else "")
                 raise KeyError(f"state dict has no {prefix + key!r}; expected the keys "
-                               f"{[prefix + k for k in _STATE_KEYS]}, got {sorted(map(str, state_dict))[:10]}")
+                               f"{[prefix + k for k in _STATE_KEYS]}, got {sorted(map(str, state_dict))[:10]}{hint}")
             arrays[key] = _as_numpy(state_dict[prefix + key], prefix + key)
         w_in, b_in, w_out = (arrays[k] for k in _STATE_KEYS)
         if w_in.ndim != 2:
