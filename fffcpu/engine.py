@@ -428,13 +428,18 @@ def _node_arrays(node_weights, node_biases, depth: int, input_width: int):
 # --- warm-up --------------------------------------------------------------------------------------
 
 
-def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
+def warmup(dtypes=("float32", "float64"), *, parallel: bool = True, ultra: bool = False) -> None:
     """Compile (or load from Numba's cache) every hard-inference kernel on tiny inputs.
 
     Call it once at start-up (the demo and the notebooks do) so that the first real ``predict`` does not pay
     for compilation. With the on-disk cache warm this takes a fraction of a second. ``dtypes``: the models'
-    dtypes to compile for, ``"float32"`` and/or ``"float64"`` (one name, or a sequence of them).
+    dtypes to compile for, ``"float32"`` and/or ``"float64"`` (one name, or a sequence of them). With
+    ``ultra=True``, also UltraFFF's kernels (inference, routing, the bfloat16 snapshot's, and the path-only
+    training forward and backward), which otherwise compile at their first call: about as long again on a fresh
+    cache.
     """
+    if not isinstance(ultra, (bool, np.bool_)):
+        raise TypeError(f"ultra must be True or False, got {ultra!r}")
     if isinstance(dtypes, (str, np.dtype, type)):
         dtypes = (dtypes,)  # one dtype, not the characters of its name
     if not isinstance(dtypes, (list, tuple)):
@@ -461,3 +466,23 @@ def warmup(dtypes=("float32", "float64"), *, parallel: bool = True) -> None:
             leaf_outputs(x, leaves, params, "relu", method=method)
         for flips in (None, np.zeros((len(x), 1), dtype=bool)):  # the training forward's routing
             route_flipped(x, params["node_weights"], params["node_biases"], d, flips)
+        if ultra:
+            _warm_ultra(dt, rng, parallel)
+
+
+def _warm_ultra(dtype, rng, parallel):
+    """UltraFFF's kernels for ``dtype``, on every batch size that picks another kernel."""
+    from .kernels import ultra as ultra_kernels
+    from .models.ultra import UltraFFF
+
+    model = UltraFFF(3, 2, 1, dtype=dtype, seed=0)
+    layers = [model, model.to_bfloat16()] if dtype == np.float32 else [model]
+    sizes = ((1, ultra_kernels.PARALLEL_MIN_BATCH, ultra_kernels.GROUPED_MIN_BATCH) if parallel else (1,))
+    for n in sizes:
+        x = rng.normal(size=(n, 3)).astype(dtype)
+        for layer in layers:
+            layer.predict(x)
+            layer.route(x)
+        y = model.forward(x)
+        model.backward(np.ones_like(y), input_grad=True)
+        model.backward(np.ones_like(y), input_grad=False)

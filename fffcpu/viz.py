@@ -43,6 +43,7 @@ from .functional import sigmoid
 
 try:
     import matplotlib
+    from matplotlib import patheffects
     from matplotlib.colors import hsv_to_rgb, to_rgba
     from matplotlib.patches import Polygon
 except ImportError as err:  # pragma: no cover - matplotlib is in the viz/test extras
@@ -513,9 +514,10 @@ def plot_regions(model, X=None, y=None, *, ax=None, mode: str = "hard", extent=N
         for k, poly in sorted(leaves.items()):
             ax.add_patch(Polygon(poly, closed=True, facecolor=colors[k], edgecolor="none", gid=f"region-{k}",
                                  zorder=0))
-            if len(leaves) <= 32:
+            if len(leaves) <= 32:  # above the points and hyperplanes, with a white halo so that it stays legible
                 cx, cy = poly.mean(axis=0)
-                ax.text(cx, cy, str(k), ha="center", va="center", fontsize=8, color="0.3", zorder=1)
+                ax.text(cx, cy, str(k), ha="center", va="center", fontsize=8, color="0.2", zorder=4,
+                        gid=f"leaf-number-{k}", path_effects=[patheffects.withStroke(linewidth=2.5, foreground="w")])
     else:
         gx, gy = np.meshgrid(np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution))
         grid = np.column_stack([gx.ravel(), gy.ravel()]).astype(model.dtype)

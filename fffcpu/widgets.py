@@ -191,7 +191,7 @@ class RoutingExplorer(_Explorer):
         viz.plot_regions(model, X, y, ax=self.ax_regions, mode=self.regions.value, extent=self.extent,
                          point_size=6)
         self.ax_regions.plot(*point, marker="*", ms=16, color="gold", markeredgecolor="black", zorder=5,
-                             gid="input-point")
+                             gid="input-point", clip_on=False)  # whole at the sliders' ends, on the axes' edge
         viz.plot_tree(model, point, ax=self.ax_tree)
         self.render()
         leaf = self.details["leaf"]
@@ -201,7 +201,8 @@ class RoutingExplorer(_Explorer):
             f"it uses {model.inference_size} of the model's {tree.training_size(model.depth, model.leaf_width)} "
             f"neurons (inference size d + ℓ = {model.depth} + {model.leaf_width} of training size "
             f"(2<sup>d</sup> − 1) + 2<sup>d</sup>·ℓ = {model.n_nodes} + {model.training_width})<br>"
-            f"soft output (all {model.n_leaves} leaves, mixed) {_vector(self.details['soft'])}<br>"
+            f"soft output ({'the one leaf' if model.n_leaves == 1 else f'all {model.n_leaves} leaves, mixed'}) "
+            f"{_vector(self.details['soft'])}<br>"
             f"hard output (leaf {leaf} only) {_vector(self.details['hard'])}"
         )
 

@@ -693,3 +693,36 @@ def test_engine_checks_the_arrays_it_hands_to_the_kernels():
     for call, error, message in cases:
         with pytest.raises(error, match=message):
             call()
+
+
+def test_warmup_with_ultra_leaves_nothing_for_ultrafff_to_compile():
+    """After ``warmup(ultra=True)`` an UltraFFF's inference, routing and training, on every batch size, compile no
+    further kernel (a fresh process, so that no earlier test has compiled them)."""
+    import subprocess
+    import sys
+
+    script = """
+import numpy as np, numba, fffcpu
+from fffcpu.kernels import ultra
+
+def compiled():
+    return {name: len(f.signatures) for name, f in vars(ultra).items()
+            if isinstance(f, numba.core.dispatcher.Dispatcher)}
+
+fffcpu.warmup("float32", ultra=True)
+before = compiled()
+model = fffcpu.UltraFFF(16, 8, 4, trees=2, dtype="float32", seed=0)
+snapshot = model.to_bfloat16()
+rng = np.random.default_rng(0)
+for n in (1, 5, 40, 300):
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    model.predict(x); model.route(x); snapshot.predict(x); snapshot.route(x)
+    y = model.forward(x); model.backward(np.ones_like(y)); model.backward(np.ones_like(y), input_grad=False)
+fffcpu.train(model, rng.normal(size=(300, 16)), rng.normal(size=(300, 8)), loss="mse", epochs=1, progress=False)
+after = compiled()
+print(sum(before.values()), {k: (before[k], v) for k, v in after.items() if v != before[k]})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    warmed, new = result.stdout.split(" ", 1)
+    assert int(warmed) >= 10 and new.strip() == "{}", result.stdout

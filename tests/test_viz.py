@@ -200,6 +200,11 @@ def test_plot_regions_draws_one_region_per_leaf_reached(depth):
     assert big <= reached
     assert f"{len(drawn)} of {model.n_leaves} leaves" in ax.get_title()
     assert {int(g.split("-")[1]) for g in gids(ax, "hyperplane-")} == set(segments)
+    # each region's number, above the hyperplanes and any points, with a halo that keeps it legible on them
+    numbers = [t for t in ax.texts if (t.get_gid() or "").startswith("leaf-number-")]
+    assert sorted(int(t.get_gid().rsplit("-", 1)[1]) for t in numbers) == sorted(drawn)
+    assert all(t.get_text() == t.get_gid().rsplit("-", 1)[1] and t.get_path_effects() for t in numbers)
+    assert min(t.get_zorder() for t in numbers) > max(a.get_zorder() for a in ax.lines + ax.collections)
 
 
 def test_region_plot_titles_count_leaf_regions_in_view_and_leaves_with_points():
@@ -460,7 +465,12 @@ def test_routing_explorer_uses_the_given_models():
     explorer.depth.value = 1
     assert built == [1, 3]  # cached per depth
     assert explorer.depth.max == 3
-    assert "soft output" in explorer.status.value and explorer.details["soft"].shape == (3,)
+    assert "soft output (all 2 leaves, mixed)" in explorer.status.value and explorer.details["soft"].shape == (3,)
+    explorer.depth.value = 0  # one leaf: nothing to mix
+    assert "soft output (the one leaf)" in explorer.status.value
+    # the star is drawn whole at the sliders' ends, on the axes' edge
+    explorer.x1.value, explorer.x2.value = explorer.x1.max, explorer.x2.min
+    assert not artist(explorer.ax_regions, "input-point").get_clip_on()
 
 
 def test_routing_explorer_shows_all_of_its_data():

@@ -554,9 +554,14 @@ class FFF(Model):
         return grad
 
     def summary(self) -> str:
+        """One line: the configuration, parameters and their size; training width, inference size, and the bytes of
+        weights hard inference reads per input (the path's node rows and biases, one leaf)."""
+        leaf = self.leaf_width * (self.input_width + 1 + self.output_width) + self.output_width
+        path = self.depth * (self.input_width + 1) + leaf
         return (
             f"{super().summary()}; training width {self.training_width:,}, "
-            f"inference size {self.inference_size} neurons ({format_bytes(self.nbytes)} of weights)"
+            f"inference size {self.inference_size} neurons ({format_bytes(path * self.dtype.itemsize)} of weights "
+            "read per input)"
         )
 
     # --- interop with the PyTorch package fastfeedforward (spec §1) ---------------------------
