@@ -6,13 +6,13 @@ import argparse
 import ctypes
 import dataclasses
 import functools
-import glob
 import os
-import pathlib
 import platform
 import time
 
 import numpy as np
+
+from fffcpu.info import blas_summary, cpu_details, cpu_model  # noqa: F401 (the benchmarks import them from here)
 
 THREADS = 2  # every library gets this many threads (Numba, BLAS, torch)
 
@@ -182,55 +182,6 @@ def peak_memory(fn):
     return max(0, peak - before) * 1024
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_details() -> str:
-    """What tells CPUs of one model name apart: family/model/stepping, the cache sizes per level (from sysfs; a
-    cache shared by several CPUs says so) and the widest vector ISA. Empty where the system does not say."""
-    fields, flags = {}, set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model", "stepping") and key not in fields:
-                    fields[key] = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    parts = []
-    if fields:
-        parts.append(f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
-                     f"stepping {fields.get('stepping', '?')}")
-    caches = []
-    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
-        try:
-            level, kind, size, shared = (pathlib.Path(index, name).read_text().strip()
-                                         for name in ("level", "type", "size", "shared_cpu_list"))
-        except OSError:
-            continue
-        if kind == "Instruction":
-            continue
-        label = f"L{level}{'d' if kind == 'Data' else ''}"
-        caches.append(f"{label} {size}{' shared' if ('-' in shared or ',' in shared) else ' per core'}")
-    if caches:
-        parts.append(", ".join(caches))
-    isa = ("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "")
-    if isa:
-        parts.append(isa + (" with FMA" if "fma" in flags else ""))
-    return "; ".join(parts)
-
-
 def source_revision() -> str:
     """The fffcpu source the figures come from: its git commit (``-dirty`` with uncommitted changes), or its
     version where it is not a git checkout."""
@@ -247,18 +198,6 @@ def source_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return f"fffcpu {fffcpu.__version__} (not a git checkout)"
     return f"fffcpu {fffcpu.__version__}, commit {commit}{'-dirty' if dirty else ''}"
-
-
-def blas_summary() -> str:
-    """NumPy's BLAS and the kernel it runs, e.g. ``OpenBLAS 0.3.30, kernel Haswell`` (threadpoolctl)."""
-    from threadpoolctl import threadpool_info
-
-    for lib in threadpool_info():
-        if lib.get("user_api") == "blas":
-            name = {"openblas": "OpenBLAS", "mkl": "MKL", "blis": "BLIS"}.get(lib.get("internal_api"),
-                                                                              lib.get("internal_api"))
-            return f"{name} {lib.get('version')}, kernel {lib.get('architecture')}"
-    return "no BLAS found by threadpoolctl"
 
 
 def machine_info(threads=THREADS) -> dict:

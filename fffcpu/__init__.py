@@ -5,6 +5,7 @@ NumPy training with hand-written backprop, and log-time hard inference (arXiv 23
 
 from . import datasets, functional, optim, tree
 from .engine import warmup
+from .info import show_versions
 from .io import load, save
 from .models import FF, FFF, UltraFFF
 from .train import History, TrainingDiverged, train
@@ -12,7 +13,7 @@ from .train import History, TrainingDiverged, train
 __version__ = "0.1.0"
 
 __all__ = ["FFF", "FF", "UltraFFF", "train", "History", "TrainingDiverged", "save", "load", "datasets", "functional",
-           "optim", "tree", "warmup", "__version__"]
+           "optim", "tree", "warmup", "show_versions", "__version__"]
 
 # The scikit-learn estimators are imported on first use, so that `import fffcpu` does not import scikit-learn.
 _ESTIMATORS = ("FFFClassifier", "FFFRegressor", "UltraFFFRegressor")

@@ -287,8 +287,8 @@ def quick_bench(*, depths=(4, 8, 12), leaf_width: int = 16, batch: int = 256, in
     for depth in depths:
         fff = FFF(input_width, leaf_width, output_width, depth, seed=0)
         ff = FF(input_width, fff.training_width, output_width, seed=0)
-        fff_rate = batch / _median_seconds(lambda: fff.predict(x), repeats=5)
-        ff_rate = batch / _median_seconds(lambda: ff.predict(x), repeats=3)
+        fff_rate = batch / _median_seconds(lambda m=fff: m.predict(x), repeats=5)
+        ff_rate = batch / _median_seconds(lambda m=ff: m.predict(x), repeats=3)
         limit = fff.training_width / fff.inference_size
         rows.append({"depth": depth, "training_width": fff.training_width, "fff_samples_per_s": fff_rate,
                      "ff_samples_per_s": ff_rate, "speedup": fff_rate / ff_rate, "limit": limit})
@@ -551,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fffcpu", description="Fast feedforward networks on the CPU.",
         epilog="Examples:\n  fffcpu demo\n  fffcpu train --data digits --depth 4 --leaf-width 8 --save m.npz\n"
-               "  fffcpu predict m.npz inputs.npy --output labels.npy\n  fffcpu bench",
+               "  fffcpu predict m.npz inputs.npy --output labels.npy\n  fffcpu bench\n  fffcpu info",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
 
@@ -606,6 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE",
                    help="write a .npy file instead of printing (.npy appended if missing; not a folder)")
 
+    commands.add_parser("info", help="versions, CPU, BLAS and its kernel, Numba's threads and kernel cache (for a "
+                                     "bug report, or beside a timing)")
+
     p = commands.add_parser(
         "bench", help="quick hard-inference speed table against the dense FF",
         description="Samples per second of FFF hard inference and of the dense FF of the same training width "
@@ -631,6 +634,10 @@ def main(argv=None) -> int:
             _train_command(args)
         elif args.command == "predict":
             _predict_command(args)
+        elif args.command == "info":
+            from .info import show_versions
+
+            show_versions()
         elif args.command == "bench":
             quick_bench(depths=args.depths, leaf_width=args.leaf_width, batch=args.batch)
     except (ValueError, TypeError, FileNotFoundError, ImportError, MemoryError, OSError) as err:
