@@ -44,7 +44,7 @@ class Optimizer:
             ``rows[name]`` (shape ``(params[name].shape[0],)``) selects the rows of that parameter to update;
             the other rows and their optimizer state stay as they are. Missing names update fully.
         """
-        self.check_grads(grads)
+        self.check_grads(grads, finite=False)
         if rows is not None and not isinstance(rows, dict):
             raise TypeError(f"rows must be a dict of bool arrays or None, got {type(rows).__name__}")
         masks = {} if rows is None else {name: rows[name] for name in self.params if name in rows}
@@ -55,6 +55,7 @@ class Optimizer:
                          else type(mask).__name__)
                 raise ValueError(f"rows[{name!r}] must be a bool array of shape {shape} (one per row of the "
                                  f"parameter), got {given}")
+        self._check_finite(grads, masks)  # the rows left alone may hold anything
         for name, param in self.params.items():
             grad, mask = grads[name], masks.get(name)
             if mask is None:
@@ -64,9 +65,9 @@ class Optimizer:
                 if index.size:
                     self._update(name, param, grad[index], index)
 
-    def check_grads(self, grads) -> None:
-        """Raise unless ``grads`` holds a finite floating-point array of each parameter's shape (``FloatingPointError``
-        for NaN or Inf, before any parameter changes)."""
+    def check_grads(self, grads, *, finite: bool = True) -> None:
+        """Raise unless ``grads`` holds a floating-point array of each parameter's shape, and with ``finite`` no NaN
+        or Inf (``FloatingPointError``), before any parameter changes."""
         if not isinstance(grads, dict):
             raise TypeError(f"grads must be a dict of arrays with the keys of params, got {type(grads).__name__}")
         missing = [name for name in self.params if name not in grads]
@@ -80,8 +81,15 @@ class Optimizer:
                          else type(grad).__name__)
                 raise ValueError(f"grads[{name!r}] must be a floating-point array of the parameter's shape "
                                  f"{param.shape}, got {given}: were the gradients computed for another model?")
-        bad = [name for name in self.params if not np.isfinite(grads[name]).all()]
-        if bad:  # an update with them would make the weights NaN for good
+        if finite:
+            self._check_finite(grads, {})
+
+    def _check_finite(self, grads, masks) -> None:
+        """Raise ``FloatingPointError`` if a gradient row that would be applied (all rows, or those of
+        ``masks[name]``) holds NaN or Inf: such an update would make the weights NaN for good."""
+        bad = [name for name in self.params
+               if not np.isfinite(grads[name] if masks.get(name) is None else grads[name][masks[name]]).all()]
+        if bad:
             raise FloatingPointError(f"grads {bad} hold NaN or Inf values; no parameter was updated (a diverging "
                                      "loss, or NaN/Inf in the inputs or in dy)")
 
@@ -249,10 +257,12 @@ class Localized:
             acc = self.accumulated[name]
             acc += grads[name]
             shape = (-1,) + (1,) * (acc.ndim - 1)
-            scale = self.local_batch_size / np.maximum(self.pending[kind], 1e-300)
-            step_grads[name] = (acc * scale.reshape(shape)).astype(grads[name].dtype, copy=False)
+            index = np.flatnonzero(due[kind])  # only these rows are applied; the others stay 0
+            scale = self.local_batch_size / self.pending[kind][index]  # due: pending >= local_batch_size > 0
+            step_grads[name] = np.zeros_like(grads[name])
+            step_grads[name][index] = (acc[index] * scale.reshape(shape)).astype(grads[name].dtype, copy=False)
             rows[name] = due[kind]
-            acc[due[kind]] = 0
+            acc[index] = 0
         self.optimizer.step(step_grads, rows)
         for kind, pending in self.pending.items():
             pending[due[kind]] = 0

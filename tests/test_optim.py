@@ -315,3 +315,25 @@ def test_unknown_optimizer_options_name_the_optimizer_and_its_options():
     with pytest.raises(TypeError, match=r"optimizer 'local_adam' takes no option 'momentum'; its options are lr, "
                                         r"betas, eps, weight_decay, decoupled_weight_decay"):
         make_optimizer("local_adam", model, 0.1, local_batch_size=4, momentum=0.9)
+
+
+def test_rows_left_alone_may_hold_anything():
+    # only the rows an update applies must be finite: a localized optimizer's blocks that are not due carry
+    # gradients rescaled by local_batch_size / (a tiny usage), which can overflow, and are never applied
+    params = {"w": np.ones((4, 3), np.float32)}
+    grads = {"w": np.full((4, 3), 0.5, np.float32)}
+    grads["w"][2] = np.inf
+    opt = Adam(params, lr=0.1)
+    opt.step(grads, rows={"w": np.array([True, True, False, True])})
+    assert (params["w"][2] == 1).all() and (params["w"][[0, 1, 3]] < 1).all() and np.isfinite(params["w"]).all()
+    with pytest.raises(FloatingPointError, match=r"grads \['w'\]"):
+        opt.step(grads, rows={"w": np.ones(4, bool)})
+    model = FFF(4, 2, 3, 2, seed=0)
+    local = make_optimizer("local_sgd", model, 0.1, local_batch_size=4, counts="soft")
+    before = {k: v.copy() for k, v in model.params.items()}
+    grads = {k: np.full_like(v, 1e-3) for k, v in model.params.items()}
+    usage = {"node": np.array([8.0, 1e-300, 8.0]), "leaf": np.array([8.0, 8.0, 8.0, 1e-300])}
+    due = local.step(grads, usage)  # node 1 and leaf 3 are not due: their rescaled gradient overflows float32
+    assert due["node"].tolist() == [True, False, True] and due["leaf"].tolist() == [True, True, True, False]
+    assert (model.params["node_weights"][1] == before["node_weights"][1]).all()
+    assert (model.params["w1s"][3] == before["w1s"][3]).all() and (model.params["w1s"][0] != before["w1s"][0]).all()
