@@ -13,7 +13,7 @@ import pathlib
 import platform
 import sys
 
-__all__ = ["system_info", "show_versions", "cpu_model", "cpu_details", "blas_summary"]
+__all__ = ["system_info", "show_versions", "cpu_model", "cpu_details", "blas_summary", "kernel_cache_dir"]
 
 #: Optional packages whose versions are reported (not imported), with what fffcpu uses them for.
 OPTIONAL = {
