@@ -53,7 +53,7 @@ import numba
 import numpy as np
 
 from ._validation import check_dtype, is_valid_input
-from .kernels import parallel_lock
+from .kernels import parallel_lock, parallel_usable
 from .kernels import fff as _k
 
 __all__ = ["METHODS", "SERIAL_MAX", "SERIAL_WORK", "GROUPED_MIN", "GROUPED_PER_LEAF", "GROUPED_WIDE_LEAF",
@@ -103,8 +103,13 @@ def resolve_n_jobs(n_jobs) -> int:
 
 @contextmanager
 def num_threads(n_jobs):
-    """Context manager: Numba uses ``resolve_n_jobs(n_jobs)`` threads inside, the previous count after."""
+    """Context manager: Numba uses ``resolve_n_jobs(n_jobs)`` threads inside, the previous count after. In a process
+    forked after GNU OpenMP had started (``kernels.parallel_usable``), one: the callers then take their serial
+    kernels, which give the same bits."""
     n = resolve_n_jobs(n_jobs)
+    if not parallel_usable():
+        yield 1
+        return
     old = numba.get_num_threads()
     if n == old:
         yield n
@@ -209,7 +214,7 @@ def run_route(x, node_weights, node_biases, depth: int, *, n_jobs=None, method: 
         _k._route_serial(x, node_weights, node_biases, depth, leaves)
         return leaves
     with num_threads(n_jobs) as threads:
-        if method == "auto":
+        if method == "auto" or not parallel_usable():
             method = "serial" if threads <= 1 else "parallel"
         if method == "serial":
             _k._route_serial(x, node_weights, node_biases, depth, leaves)
@@ -289,6 +294,8 @@ def run_predict(x, arrays: tuple, depth: int, act: int, *, n_jobs=None, method: 
     with num_threads(n_jobs) as threads:
         if method == "auto":
             method = choose_method(n, threads, w1s.shape[0], w1s.shape[2], work)
+        if not parallel_usable():  # a forked child that cannot launch a parallel kernel: the same bits serially
+            method = "serial"
         if method == "serial":
             _k._predict_serial(x, nw, nb, w1s, b1s, w2s, b2s, depth, act, out)
         elif method == "parallel":
@@ -353,7 +360,7 @@ def leaf_outputs(x, leaves, params: dict, activation: str, *, n_jobs=None, metho
         if method == "auto":
             method = choose_method(n, threads, w1s.shape[0], w1s.shape[2],
                                    sample_work(x.shape[1], 0, w1s.shape[2], w2s.shape[2]))
-        if method == "serial" or (method == "parallel" and threads <= 1):
+        if method == "serial" or (method == "parallel" and threads <= 1) or not parallel_usable():
             _k._eval_leaves_serial(x, leaves, w1s, b1s, w2s, b2s, act, out)
         else:  # with given leaves, "parallel" and "grouped" both go through the leaf-sorted tiles
             _grouped_outputs(x, leaves, w1s, b1s, w2s, b2s, act, out, threads)

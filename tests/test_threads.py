@@ -193,3 +193,60 @@ def test_parallel_lock_lets_one_thread_launches_run_side_by_side_except_under_wo
 def test_threading_layer_names_the_layer_in_use():
     fffcpu.warmup(("float32",))
     assert engine.threading_layer() == numba.threading_layer()
+
+
+FORKED_CHILD = """
+import os, pickle, sys
+import numba, numpy as np
+import fffcpu
+from fffcpu import FFF, UltraFFF
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(300, 20)).astype(np.float32)
+fff, ultra = FFF(20, 4, 3, 5, seed=0), UltraFFF(20, 3, 4, trees=2, seed=0)
+reference = [fff.predict(x), fff.route(x), ultra.predict(x), ultra.route(x), ultra.forward(x)]  # parallel kernels
+from numba.np.ufunc import omppool
+if numba.threading_layer() != "omp" or getattr(omppool, "openmp_vendor", None) != "GNU":
+    print("not GNU OpenMP:", numba.threading_layer())
+    sys.exit(0)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child: what a worker of a fork-based pool runs
+    try:
+        got = [fff.predict(x), fff.route(x), ultra.predict(x), ultra.route(x), ultra.forward(x)]
+        same = all(np.array_equal(a, b) for a, b in zip(got, reference))
+        same = same and np.array_equal(fff.predict(x, n_jobs=2), reference[0])
+        history = fffcpu.train(FFF(20, 4, 3, 3, train_hardened=True, seed=0), x, np.arange(300) % 3, epochs=1,
+                               progress=False)
+        try:
+            ultra.backward(np.ones_like(reference[4]))
+            error = None
+        except RuntimeError as err:
+            error = str(err)
+        os.write(write, pickle.dumps((same, history.epochs, error)))
+        os._exit(0)
+    except BaseException as err:
+        os.write(write, pickle.dumps(repr(err)))
+        os._exit(1)
+os.close(write)
+data = b""
+while chunk := os.read(read, 1 << 16):
+    data += chunk
+_, status = os.waitpid(pid, 0)
+print("child", status, pickle.loads(data) if data else None)
+"""
+
+
+def test_a_process_forked_after_gnu_openmp_predicts_serially_and_says_what_it_cannot_run():
+    """Numba's GNU OpenMP layer ends a forked child at its first parallel launch (SIGTERM, whatever its thread
+    count), which kills the workers of a fork-based pool and hangs it. In such a child, inference and routing take
+    the one-thread kernels (the same bits); UltraFFF's backward, which has none, raises a clear error instead."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    result = subprocess.run([sys.executable, "-c", FORKED_CHILD], capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    if result.stdout.startswith("not GNU OpenMP"):
+        pytest.skip(result.stdout.strip())
+    assert result.stdout.startswith("child 0 (True, 1, "), result.stdout + result.stderr
+    assert "forked from one that had already run Numba's GNU OpenMP threads" in result.stdout
+    assert "'spawn'" in result.stdout and "NUMBA_THREADING_LAYER=workqueue" in result.stdout

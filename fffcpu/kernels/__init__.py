@@ -30,6 +30,40 @@ PARALLEL_LOCK = threading.RLock()
 
 _layer = None  # the threading layer, once Numba has started one (it cannot change afterwards)
 
+#: Why a parallel kernel cannot run in this process (``_after_fork``), or None.
+FORKED_FROM_GNU_OPENMP = None
+
+FORK_MESSAGE = (
+    "this process was forked from one that had already run Numba's GNU OpenMP threads (fffcpu's parallel "
+    "kernels), and GNU OpenMP cannot run again after a fork: Numba would end the process. Here predict and route "
+    "run on one thread, and this call has no one-thread kernel. Start worker processes with the 'spawn' or "
+    "'forkserver' method (multiprocessing.get_context('spawn')), or set NUMBA_THREADING_LAYER=workqueue before "
+    "the parent process imports fffcpu.")
+
+
+def _after_fork() -> None:
+    """In a forked child: note whether the parent had started Numba's ``omp`` layer on GNU OpenMP, which
+    terminates a forked process at its next parallel launch (whatever its thread count)."""
+    global FORKED_FROM_GNU_OPENMP
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # the parent never launched a parallel kernel: the child may start a layer of its own
+        return
+    if layer == "omp":
+        from numba.np.ufunc import omppool
+
+        if getattr(omppool, "openmp_vendor", "GNU") == "GNU":
+            FORKED_FROM_GNU_OPENMP = FORK_MESSAGE
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def parallel_usable() -> bool:
+    """Whether a ``parallel=True`` kernel can run in this process (not in a child forked after GNU OpenMP)."""
+    return FORKED_FROM_GNU_OPENMP is None
+
 
 def parallel_lock(threads: int | None = None):
     """``PARALLEL_LOCK``, to hold around a parallel launch on ``threads`` Numba threads (None: the calling thread's
@@ -38,6 +72,8 @@ def parallel_lock(threads: int | None = None):
     layer, and a layer not started yet, get the lock at any thread count: ``workqueue`` queues even a one-thread
     launch and aborts the process when another thread's launch meets it."""
     global _layer
+    if FORKED_FROM_GNU_OPENMP is not None:  # a clear error instead of Numba's SIGTERM
+        raise RuntimeError(FORKED_FROM_GNU_OPENMP)
     if threads is None:
         threads = numba.get_num_threads()
     if threads > 1:

@@ -36,7 +36,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from . import parallel_lock
+from . import parallel_lock, parallel_usable
 
 __all__ = ["ACTIVATION_CODES", "forward", "predict", "route", "backward", "split_level", "predict_kernel", "streams"]
 
@@ -661,14 +661,14 @@ def forward(x, w_in, b_in, w_out, code, nodes, logits, acts, y):
     """Training forward into preallocated ``nodes`` (n, trees, depth+1) int64, ``logits``/``acts`` (same shape)
     and ``y`` (n, output_width). Returns the order in which the inputs were processed (for ``backward``)."""
     n = len(x)
-    if n >= GROUPED_MIN_BATCH:
+    if n >= GROUPED_MIN_BATCH and parallel_usable():
         order = np.empty(n, dtype=np.int64)
         depth = nodes.shape[2] - 1
         split = split_level(depth, (w_in.shape[2] + w_out.shape[2] + 1) * w_in.itemsize)
         with parallel_lock():
             _forward_grouped(x, w_in, b_in, w_out, code, split, streams(y), nodes, logits, acts, y, order)
         return order
-    if n >= PARALLEL_MIN_BATCH:
+    if n >= PARALLEL_MIN_BATCH and parallel_usable():
         with parallel_lock():
             _forward_parallel(x, w_in, b_in, w_out, code, nodes, logits, acts, y)
     else:
@@ -694,7 +694,7 @@ def predict(x, w_in, b_in, w_out, code, depth, y):
     """Hard inference into ``y`` (n, output_width); keeps nothing (large batches use the grouped kernel with
     per-input path buffers)."""
     n = len(x)
-    if n < PARALLEL_MIN_BATCH:
+    if n < PARALLEL_MIN_BATCH or not parallel_usable():  # (a process forked after GNU OpenMP: serially)
         _predict_serial(x, w_in, b_in, w_out, code, y)
         return
     if n < GROUPED_MIN_BATCH:
@@ -708,7 +708,7 @@ def predict(x, w_in, b_in, w_out, code, depth, y):
 
 def route(x, w_in, b_in, depth, leaves):
     """Leaf per input and tree into ``leaves`` (n, trees) int64."""
-    if len(x) >= PARALLEL_MIN_BATCH:
+    if len(x) >= PARALLEL_MIN_BATCH and parallel_usable():
         with parallel_lock():
             _route_parallel(x, w_in, b_in, depth, leaves)
     else:
@@ -726,7 +726,7 @@ def backward(x, g, w_in, w_out, code, nodes, logits, acts, order, dw_in, db_in, 
     dz = np.empty_like(logits)
     want_dx = dx is not None
     dx_buf = dx if want_dx else np.empty((n, 0), dtype=x.dtype)
-    if n >= PARALLEL_MIN_BATCH:
+    if n >= PARALLEL_MIN_BATCH and parallel_usable():
         with parallel_lock():
             _path_grads_ordered(x, g, w_in, w_out, code, nodes, logits, dz, dx_buf, want_dx, order)
     else:
