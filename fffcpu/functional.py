@@ -10,7 +10,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import erf
+
+
+def erf(z):
+    """``scipy.special.erf``, imported on first use: SciPy's special functions take about as long to import as the
+    rest of fffcpu, and only GELU needs them."""
+    from scipy.special import erf as scipy_erf
+
+    return scipy_erf(z)
 
 __all__ = [
     "ACTIVATIONS",

@@ -163,3 +163,22 @@ def test_hardening_loss_before_a_forward_says_so_and_is_zero_without_nodes():
         FFF(4, 2, 2, 2).hardening_loss()
     assert FFF(4, 2, 2, 0).hardening_loss() == 0.0  # depth 0: no decision to harden
     assert FF(4, 3, 2).hardening_loss() == 0.0 and UltraFFF(4, 2, 2).hardening_loss() == 0.0
+
+
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_a_pickle_without_the_derived_attributes_unpickles_whole(make):
+    """A model pickled by an earlier fffcpu may lack an attribute derived from its configuration (the kernels'
+    activation code, the activation's functions): unpickling rebuilds it, so that the model predicts and trains."""
+    model = make()
+    x = np.random.default_rng(5).normal(size=(40, 4)).astype(np.float32)
+    expected = model.predict(x)
+    derived = set(model._derived())
+    assert derived and derived <= set(vars(model))
+    for name in derived:
+        delattr(model, name)
+    clone = pickle.loads(pickle.dumps(model))
+    assert derived <= set(vars(clone))
+    np.testing.assert_array_equal(clone.predict(x), expected)
+    out = clone.forward(x)
+    clone.backward(np.ones_like(out))
+    assert all(np.isfinite(g).all() for g in clone.grads.values())

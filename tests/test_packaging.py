@@ -380,3 +380,20 @@ def test_the_wheel_carries_the_license_and_the_readme_and_the_sdist_no_test_suit
     assert {n.split("/")[0] for n in names} == {"fffcpu", wheel.name.split("-py3")[0] + ".dist-info"}
     manifest = (ROOT / "MANIFEST.in").read_text()
     assert "prune tests" in manifest  # tests/ needs the repository (naive.py, benchmarks/): not in the sdist
+
+
+def test_a_numba_cache_dir_that_cannot_be_written_is_set_aside_with_a_warning(tmp_path):
+    # Numba would refuse every cache=True kernel at import with an error that does not name the folder
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "import numpy as np, fffcpu\n"
+            "from fffcpu.info import kernel_cache_dir\n"
+            "y = fffcpu.FFF(3, 2, 2, 1, seed=0).predict(np.ones((5, 3)))\n"
+            "print(kernel_cache_dir(), y.shape)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker / "cache")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"NUMBA_CACHE_DIR={str(blocker / 'cache')!r} is not a folder this process can write to" in result.stderr
+    cache, shape = result.stdout.split(" ", 1)
+    assert cache != str(blocker / "cache") and shape.strip() == "(5, 2)"

@@ -250,3 +250,30 @@ def test_a_process_forked_after_gnu_openmp_predicts_serially_and_says_what_it_ca
     assert result.stdout.startswith("child 0 (True, 1, "), result.stdout + result.stderr
     assert "forked from one that had already run Numba's GNU OpenMP threads" in result.stdout
     assert "'spawn'" in result.stdout and "NUMBA_THREADING_LAYER=workqueue" in result.stdout
+
+
+def test_dense_predict_with_n_jobs_from_several_threads_restores_blas_and_keeps_each_calls_threads():
+    """BLAS's thread count belongs to the process: FF.predict(n_jobs=k) calls on several threads take turns, each
+    computes with its own k (the bits of the same call made alone) and the setting found is restored."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    ff = fffcpu.FF(784, 2048, 64, seed=0)  # calls long enough (tens of ms) to overlap
+    x = np.random.default_rng(0).normal(size=(1024, 784)).astype(np.float32)
+    alone = {k: ff.predict(x, n_jobs=k) for k in (1, 2)}
+    before = blas_threads()
+    wrong = []
+
+    def work(k):
+        for _ in range(10):
+            if not np.array_equal(ff.predict(x, n_jobs=k), alone[k]):
+                wrong.append(k)
+
+    threads = [threading.Thread(target=work, args=(1 + t % 2,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong and blas_threads() == before

@@ -95,6 +95,15 @@ def _writable(path: str) -> bool:
 
 
 def _ensure_cache_dir() -> None:
+    if numba.config.CACHE_DIR and not _writable(numba.config.CACHE_DIR):
+        # Numba would refuse every cache=True kernel with an error that does not name the folder: say so, and
+        # cache where fffcpu would have without the setting
+        import warnings
+
+        warnings.warn(f"NUMBA_CACHE_DIR={numba.config.CACHE_DIR!r} is not a folder this process can write to; "
+                      "fffcpu caches its compiled kernels elsewhere (fffcpu.info.kernel_cache_dir() says where)",
+                      RuntimeWarning, stacklevel=2)
+        numba.config.CACHE_DIR = ""
     if numba.config.CACHE_DIR or _writable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")):
         return
     from numba.misc.appdirs import AppDirs

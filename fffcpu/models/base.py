@@ -82,6 +82,18 @@ class Model:
         self._grads = None
         self._cache = None
 
+    def __setstate__(self, state):
+        """Unpickling: the pickled attributes, then any attribute derived from the configuration (``_derived``) that
+        they lack, so that a model pickled by an earlier fffcpu still runs."""
+        self.__dict__.update(state)
+        for name, value in self._derived().items():
+            if name not in state:
+                setattr(self, name, value)
+
+    def _derived(self) -> dict:
+        """Attributes computed from the configuration attributes (such as the activation's functions)."""
+        return {}
+
     # --- to be defined by subclasses ---------------------------------------------------------
     def param_shapes(self) -> dict:
         """Parameter name -> shape, in the order the parameters are initialised (and saved)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .._validation import check_nonnegative_float, check_out, check_positive_int
@@ -10,6 +12,10 @@ from ..functional import get_activation
 from .base import Model
 
 __all__ = ["FF"]
+
+#: Held by ``FF.predict(n_jobs=...)`` while it limits BLAS's threads, a setting of the whole process: two such
+#: calls on different threads would otherwise restore each other's limits in the wrong order.
+_BLAS_LIMITS = threading.Lock()
 
 
 class FF(Model):
@@ -35,8 +41,12 @@ class FF(Model):
         self.hidden_width = check_positive_int(hidden_width, "hidden_width")
         output_width = check_positive_int(output_width, "output_width")
         self.activation = activation
-        self._act, self._act_grad = get_activation(activation)
+        self.__dict__.update(self._derived())
         super().__init__(input_width, output_width, dtype, seed)
+
+    def _derived(self) -> dict:
+        act, act_grad = get_activation(self.activation)
+        return {"_act": act, "_act_grad": act_grad}
 
     @property
     def training_width(self) -> int:
@@ -72,9 +82,11 @@ class FF(Model):
         x : array-like, shape (n, input_width)
         n_jobs : int or None
             BLAS threads for this call, set through threadpoolctl and restored after it (None: BLAS's current
-            setting; -1: all; as ``FFF.predict``'s Numba threads). Limiting them costs a look at the loaded
-            libraries on each call (tens of microseconds), so a tight loop is better wrapped in one
-            ``threadpoolctl.threadpool_limits`` of its own.
+            setting; -1: all; as ``FFF.predict``'s Numba threads). Unlike Numba's, BLAS's thread count belongs to
+            the whole process: while such a call runs, other threads' BLAS calls get it too, and calls with
+            ``n_jobs`` from several threads take turns, so that each restores what it found. Limiting the threads
+            costs a look at the loaded libraries on each call (tens of microseconds), so a tight loop is better
+            wrapped in one ``threadpoolctl.threadpool_limits`` of its own.
         out : ndarray, optional
             Where to write the result, as in ``FFF.predict``: a writeable C-contiguous array of shape
             (n, output_width) and the model's dtype that does not overlap ``x``.
@@ -91,7 +103,7 @@ class FF(Model):
             return self._predict(x, out)
         from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(resolve_n_jobs(n_jobs), user_api="blas"):
+        with _BLAS_LIMITS, threadpool_limits(resolve_n_jobs(n_jobs), user_api="blas"):
             return self._predict(x, out)
 
     def _predict(self, x, out):

@@ -104,8 +104,7 @@ class FFF(Model):
                 f"depth={depth} would need 2**{depth} leaves; an FFF of that depth cannot be stored (use depth <= 40)"
             )
         self.activation = activation
-        self._act, self._act_grad = get_activation(activation)
-        self._act_code = engine.activation_code(activation)  # the kernels' name for it
+        self.__dict__.update(self._derived())
         self.region_leak = check_probability(region_leak, "region_leak")
         train_hardened = check_bool(train_hardened, "train_hardened")
         straight_through = (train_hardened if straight_through is None
@@ -117,6 +116,10 @@ class FFF(Model):
         super().__init__(input_width, output_width, dtype, seed)
         self.leak_rng = np.random.default_rng(self.rng.integers(2**63))
         self.reset_usage()
+
+    def _derived(self) -> dict:
+        act, act_grad = get_activation(self.activation)
+        return {"_act": act, "_act_grad": act_grad, "_act_code": engine.activation_code(self.activation)}
 
     # --- structure ----------------------------------------------------------------------------
     @property
