@@ -110,12 +110,7 @@ def kernel_cache_dir() -> str:
 
     if numba.config.CACHE_DIR:
         return numba.config.CACHE_DIR
-    beside = os.path.join(os.path.dirname(os.path.abspath(kernels.__file__)), "__pycache__")
-    if os.access(beside, os.W_OK | os.X_OK):
-        return beside
-    from numba.misc.appdirs import AppDirs
-
-    return AppDirs(appname="numba", appauthor=False).user_cache_dir
+    return kernels.BESIDE_SOURCES if kernels._writable(kernels.BESIDE_SOURCES) else kernels.user_cache_dir()
 
 
 def system_info() -> dict:

@@ -30,8 +30,8 @@ PARALLEL_LOCK = threading.RLock()
 
 _layer = None  # the threading layer, once Numba has started one (it cannot change afterwards)
 
-#: Why a parallel kernel cannot run in this process (``_after_fork``), or None.
-FORKED_FROM_GNU_OPENMP = None
+#: Whether this process was forked after Numba's ``omp`` layer had started on GNU OpenMP (``_after_fork``).
+FORKED_FROM_GNU_OPENMP = False
 
 FORK_MESSAGE = (
     "this process was forked from one that had already run Numba's GNU OpenMP threads (fffcpu's parallel "
@@ -53,7 +53,7 @@ def _after_fork() -> None:
         from numba.np.ufunc import omppool
 
         if getattr(omppool, "openmp_vendor", "GNU") == "GNU":
-            FORKED_FROM_GNU_OPENMP = FORK_MESSAGE
+            FORKED_FROM_GNU_OPENMP = True
 
 
 if hasattr(os, "register_at_fork"):
@@ -62,7 +62,7 @@ if hasattr(os, "register_at_fork"):
 
 def parallel_usable() -> bool:
     """Whether a ``parallel=True`` kernel can run in this process (not in a child forked after GNU OpenMP)."""
-    return FORKED_FROM_GNU_OPENMP is None
+    return not FORKED_FROM_GNU_OPENMP
 
 
 def parallel_lock(threads: int | None = None):
@@ -72,8 +72,8 @@ def parallel_lock(threads: int | None = None):
     layer, and a layer not started yet, get the lock at any thread count: ``workqueue`` queues even a one-thread
     launch and aborts the process when another thread's launch meets it."""
     global _layer
-    if FORKED_FROM_GNU_OPENMP is not None:  # a clear error instead of Numba's SIGTERM
-        raise RuntimeError(FORKED_FROM_GNU_OPENMP)
+    if FORKED_FROM_GNU_OPENMP:  # a clear error instead of Numba's SIGTERM
+        raise RuntimeError(FORK_MESSAGE)
     if threads is None:
         threads = numba.get_num_threads()
     if threads > 1:
@@ -94,6 +94,17 @@ def _writable(path: str) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+#: Where Numba caches the kernels of this package when it can write there (its own rule: beside the sources).
+BESIDE_SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")
+
+
+def user_cache_dir() -> str:
+    """Numba's per-user cache folder, its second choice (``~/.cache/numba`` on Linux)."""
+    from numba.misc.appdirs import AppDirs
+
+    return AppDirs(appname="numba", appauthor=False).user_cache_dir
+
+
 def _ensure_cache_dir() -> None:
     if numba.config.CACHE_DIR and not _writable(numba.config.CACHE_DIR):
         # Numba would refuse every cache=True kernel with an error that does not name the folder: say so, and
@@ -104,11 +115,7 @@ def _ensure_cache_dir() -> None:
                       "fffcpu caches its compiled kernels elsewhere (fffcpu.info.kernel_cache_dir() says where)",
                       RuntimeWarning, stacklevel=2)
         numba.config.CACHE_DIR = ""
-    if numba.config.CACHE_DIR or _writable(os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")):
-        return
-    from numba.misc.appdirs import AppDirs
-
-    if _writable(AppDirs(appname="numba", appauthor=False).user_cache_dir):
+    if numba.config.CACHE_DIR or _writable(BESIDE_SOURCES) or _writable(user_cache_dir()):
         return
     user = os.getuid() if hasattr(os, "getuid") else "user"
     folder = os.path.join(tempfile.gettempdir(), f"fffcpu-numba-cache-{user}")
