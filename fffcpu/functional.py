@@ -11,14 +11,6 @@ import math
 
 import numpy as np
 
-
-def erf(z):
-    """``scipy.special.erf``, imported on first use: SciPy's special functions take about as long to import as the
-    rest of fffcpu, and only GELU needs them."""
-    from scipy.special import erf as scipy_erf
-
-    return scipy_erf(z)
-
 __all__ = [
     "ACTIVATIONS",
     "LOSSES",
@@ -59,14 +51,22 @@ def relu_grad(z):
     return (z > 0).astype(z.dtype)
 
 
+def _erf(z):
+    """``scipy.special.erf``, imported on first use: SciPy's special functions take about as long to import as the
+    rest of fffcpu, and only GELU needs them."""
+    from scipy.special import erf
+
+    return erf(z)
+
+
 def gelu(z):
     """Exact GELU, ``z Φ(z)`` with the erf form of Φ (PyTorch's default, not the tanh approximation)."""
-    return z * (0.5 * (1 + erf(z * z.dtype.type(1 / math.sqrt(2)))))
+    return z * (0.5 * (1 + _erf(z * z.dtype.type(1 / math.sqrt(2)))))
 
 
 def gelu_grad(z):
     """``Φ(z) + z φ(z)``."""
-    cdf = 0.5 * (1 + erf(z * z.dtype.type(1 / math.sqrt(2))))
+    cdf = 0.5 * (1 + _erf(z * z.dtype.type(1 / math.sqrt(2))))
     pdf = np.exp(-0.5 * z * z) * z.dtype.type(1 / math.sqrt(2 * math.pi))
     return cdf + z * pdf
 

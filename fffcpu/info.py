@@ -13,6 +13,8 @@ import pathlib
 import platform
 import sys
 
+from .kernels import kernel_cache_dir
+
 __all__ = ["system_info", "show_versions", "cpu_model", "cpu_details", "blas_summary", "kernel_cache_dir"]
 
 #: Optional packages whose versions are reported (not imported), with what fffcpu uses them for.
@@ -100,17 +102,6 @@ def _distribution_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def kernel_cache_dir() -> str:
-    """The folder where Numba keeps fffcpu's compiled kernels (``fffcpu.kernels`` chooses it on import)."""
-    import numba
-
-    from . import kernels
-
-    if numba.config.CACHE_DIR:
-        return numba.config.CACHE_DIR
-    return kernels.BESIDE_SOURCES if kernels._writable(kernels.BESIDE_SOURCES) else kernels.user_cache_dir()
 
 
 def system_info() -> dict:

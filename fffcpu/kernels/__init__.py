@@ -105,6 +105,14 @@ def user_cache_dir() -> str:
     return AppDirs(appname="numba", appauthor=False).user_cache_dir
 
 
+def kernel_cache_dir() -> str:
+    """The folder where Numba keeps these kernels once compiled: ``NUMBA_CACHE_DIR`` as ``_ensure_cache_dir`` left
+    it, else beside the sources, else Numba's per-user folder."""
+    if numba.config.CACHE_DIR:
+        return numba.config.CACHE_DIR
+    return BESIDE_SOURCES if _writable(BESIDE_SOURCES) else user_cache_dir()
+
+
 def _ensure_cache_dir() -> None:
     if numba.config.CACHE_DIR and not _writable(numba.config.CACHE_DIR):
         # Numba would refuse every cache=True kernel with an error that does not name the folder: say so, and
