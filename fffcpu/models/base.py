@@ -94,6 +94,12 @@ class Model:
         """Attributes computed from the configuration attributes (such as the activation's functions)."""
         return {}
 
+    def _set_derived(self) -> None:
+        """Set the ``_derived`` attributes, one ``setattr`` each, as plain assignments would (without touching
+        ``__dict__``, so that the instance keeps CPython's shared-key attribute storage)."""
+        for name, value in self._derived().items():
+            setattr(self, name, value)
+
     # --- to be defined by subclasses ---------------------------------------------------------
     def param_shapes(self) -> dict:
         """Parameter name -> shape, in the order the parameters are initialised (and saved)."""

@@ -41,7 +41,7 @@ class FF(Model):
         self.hidden_width = check_positive_int(hidden_width, "hidden_width")
         output_width = check_positive_int(output_width, "output_width")
         self.activation = activation
-        self.__dict__.update(self._derived())
+        self._set_derived()
         super().__init__(input_width, output_width, dtype, seed)
 
     def _derived(self) -> dict:

@@ -104,7 +104,7 @@ class FFF(Model):
                 f"depth={depth} would need 2**{depth} leaves; an FFF of that depth cannot be stored (use depth <= 40)"
             )
         self.activation = activation
-        self.__dict__.update(self._derived())
+        self._set_derived()
         self.region_leak = check_probability(region_leak, "region_leak")
         train_hardened = check_bool(train_hardened, "train_hardened")
         straight_through = (train_hardened if straight_through is None

@@ -165,7 +165,7 @@ class UltraFFF(Model):
         if activation not in _kernels.ACTIVATION_CODES:  # pragma: no cover - the two lists are kept equal
             raise ValueError(f"activation {activation!r} has no UltraFFF kernel")
         self.activation = activation
-        self.__dict__.update(self._derived())
+        self._set_derived()
         super().__init__(input_width, output_width, dtype, seed)
 
     def _derived(self) -> dict:
